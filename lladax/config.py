@@ -1,0 +1,98 @@
+"""Turning ml_collections ConfigDicts into typed, validated settings.
+
+Every section of a recipe (`config.model`, `config.rope`, ...) becomes a frozen dataclass here, so
+library code receives plain values and a typo in a recipe fails at start-up, not mid-run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+  """A setting a user can fix. The message names the setting and the fix in one sentence."""
+
+
+def _plain(section: Any) -> dict:
+  if section is None:
+    return {}
+  if hasattr(section, 'to_dict'):
+    return section.to_dict()
+  if dataclasses.is_dataclass(section):
+    return dataclasses.asdict(section)
+  if isinstance(section, Mapping):
+    return dict(section)
+  raise ConfigError(f'expected a mapping of settings, got {type(section).__name__}')
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+  """Checks `value` against a simple annotation; ints are accepted where floats are expected."""
+  origin = typing.get_origin(annotation)
+  args = typing.get_args(annotation)
+  if annotation is Any:
+    return value
+  if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if value is None and type(None) in args:
+      return None
+    errors = []
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _coerce(value, arg, where)
+      except ConfigError as e:
+        errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f'{where} has an invalid value {value!r}')
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f'{where} must be a list or tuple, got {value!r}')
+    inner = args[0] if args else Any
+    return tuple(_coerce(v, inner, f'{where}[{i}]') for i, v in enumerate(value))
+  if annotation is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f'{where} must be a number, got {value!r}')
+    return float(value)
+  if annotation is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      if isinstance(value, float) and value.is_integer():
+        return int(value)
+      raise ConfigError(f'{where} must be an integer, got {value!r}')
+    return value
+  if annotation is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f'{where} must be True or False, got {value!r}')
+    return value
+  if annotation is str:
+    if not isinstance(value, str):
+      raise ConfigError(f'{where} must be a string, got {value!r}')
+    return value
+  return value
+
+
+def from_section(cls, section: Any, where: str):
+  """Builds dataclass `cls` from a config section, refusing unknown keys and ill-typed values.
+
+  `where` is the section's path in the recipe (e.g. 'config.model') so errors point at it.
+  """
+  values = _plain(section)
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(
+        f'{where}.{unknown[0]} is not a known setting; known settings are: '
+        f'{", ".join(sorted(fields))}.')
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for name, value in values.items():
+    kwargs[name] = _coerce(value, hints[name], f'{where}.{name}')
+  try:
+    return cls(**kwargs)
+  except TypeError as e:
+    raise ConfigError(f'{where} is incomplete: {e}') from None
+
+
+def choice(value: str, options, where: str) -> str:
+  if value not in options:
+    raise ConfigError(f'{where}={value!r} is not one of {", ".join(map(repr, options))}.')
+  return value

@@ -1,0 +1,129 @@
+"""Single-host batches for the minimal training loop and the demo.
+
+Two sources: `retrieval` (generated prompt/answer rows, trained as SFT: the prompt is never
+masked and rows are right-padded with EOS, which counts as answer as in LLaDA's SFT) and
+`text_files` (documents read from local files and packed into rows with segment ids). The Grain
+pipeline for pods lives beside this; these are numpy generators for one process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import sysconfig
+from typing import Iterator
+
+import numpy as np
+
+from lladax.config import ConfigError, choice
+from lladax.data import retrieval
+
+SOURCES = ('retrieval', 'text_files')
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str = 'retrieval'   # retrieval | text_files
+  path: str = ''              # text_files: a glob; '{stdlib}' expands to Python's library folder
+  seq_len: int = 64           # tokens per row
+  batch_size: int = 32        # rows per step
+  n_pairs: int = 4            # retrieval: key-value pairs per record
+
+  def __post_init__(self):
+    choice(self.source, SOURCES, 'config.data.source')
+    if self.seq_len <= 0 or self.batch_size <= 0:
+      raise ConfigError('config.data.seq_len and batch_size must be positive.')
+    if self.source == 'text_files' and not self.path:
+      raise ConfigError("config.data.source='text_files' needs config.data.path (a glob of "
+                        'local text files).')
+
+
+def expand_path(pattern: str) -> str:
+  return pattern.replace('{stdlib}', sysconfig.get_paths()['stdlib'])
+
+
+def text_documents(pattern: str) -> list[str]:
+  """Every file the glob matches, read as UTF-8 text; fails naming the glob if none matches."""
+  pattern = expand_path(pattern)
+  paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  if not paths:
+    raise ConfigError(f'config.data.path={pattern!r} matches no file; point it at local text.')
+  docs = []
+  for path in paths:
+    with open(path, encoding='utf-8', errors='replace') as f:
+      text = f.read()
+    if text.strip():
+      docs.append(text)
+  return docs
+
+
+def retrieval_row(rng, tokenizer, n_pairs: int, seq_len: int, eos_id: int, bos_id=None):
+  """tokens [seq_len] and prompt mask for one SFT record, right-padded with EOS."""
+  prompt, answer = retrieval.example(rng, n_pairs)
+  head = ([bos_id] if bos_id is not None else []) + tokenizer.encode(prompt)
+  ids = head + tokenizer.encode(answer) + [eos_id]
+  if len(ids) > seq_len:
+    raise ConfigError(f'config.data.seq_len={seq_len} is shorter than a retrieval record '
+                      f'({len(ids)} tokens with n_pairs={n_pairs}); raise seq_len.')
+  tokens = np.full(seq_len, eos_id, np.int32)
+  tokens[:len(ids)] = ids
+  return tokens, np.arange(seq_len) < len(head)
+
+
+def pack_rows(docs_tokens: Iterator[list[int]], seq_len: int, pad_id: int):
+  """Greedy packing: documents fill rows in order, long ones continue in the next row.
+
+  Yields (tokens, segment_ids, positions) rows; segment ids count from 1 within a row, positions
+  restart at 0 for each document piece; nothing is dropped except the final partial row's padding.
+  """
+  tokens, segs, pos = [], [], []
+  seg = 0
+  for doc in docs_tokens:
+    offset = 0
+    while offset < len(doc):
+      room = seq_len - len(tokens)
+      piece = doc[offset:offset + room]
+      seg += 1
+      tokens += piece
+      segs += [seg] * len(piece)
+      pos += list(range(len(piece)))
+      offset += len(piece)
+      if len(tokens) == seq_len:
+        yield (np.array(tokens, np.int32), np.array(segs, np.int32), np.array(pos, np.int32))
+        tokens, segs, pos, seg = [], [], [], 0
+  if tokens:
+    pad = seq_len - len(tokens)
+    yield (np.array(tokens + [pad_id] * pad, np.int32), np.array(segs + [0] * pad, np.int32),
+           np.array(pos + [0] * pad, np.int32))
+
+
+def batches(cfg: DataConfig, tokenizer, seed: int, *, eos_id: int, bos_id=None) -> Iterator[dict]:
+  """An endless iterator of numpy batches: tokens, positions, segment_ids, prompt_mask [B, T]."""
+  rng = np.random.default_rng(seed)
+  b, t = cfg.batch_size, cfg.seq_len
+  if cfg.source == 'retrieval':
+    while True:
+      rows = [retrieval_row(rng, tokenizer, cfg.n_pairs, t, eos_id, bos_id) for _ in range(b)]
+      yield {
+          'tokens': np.stack([r[0] for r in rows]),
+          'prompt_mask': np.stack([r[1] for r in rows]),
+          'segment_ids': np.ones((b, t), np.int32),
+          'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+      }
+  docs = text_documents(cfg.path)
+
+  def endless():
+    while True:
+      for i in rng.permutation(len(docs)):
+        ids = tokenizer.encode(docs[i])
+        yield ([bos_id] if bos_id is not None else []) + ids + [eos_id]
+
+  rows = pack_rows(endless(), t, eos_id)
+  while True:
+    got = [next(rows) for _ in range(b)]
+    yield {
+        'tokens': np.stack([g[0] for g in got]),
+        'segment_ids': np.stack([g[1] for g in got]),
+        'positions': np.stack([g[2] for g in got]),
+        'prompt_mask': np.zeros((b, t), bool),
+    }

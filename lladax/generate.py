@@ -1,0 +1,34 @@
+"""The generate job: continue `config.sample.prompt` with a saved model and the LLaDA sampler."""
+from __future__ import annotations
+
+import logging
+
+import jax
+
+from lladax import checkpoint, model_config, sampler
+from lladax.config import ConfigError, from_section
+from lladax.data import tokenizers
+
+
+def run(config) -> str:
+  if not config.checkpoint:
+    raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, a model folder '
+                      'written by the train job (<workdir>/model) or the convert job.')
+  scfg = from_section(sampler.SamplerConfig, {k: v for k, v in config.sample.items()
+                                              if k != 'prompt'}, 'config.sample')
+  saved, meta = checkpoint.read_config(config.checkpoint)
+  rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
+  cfg = model_config.resolve_rope(saved, rope_cfg)
+  model, _ = checkpoint.load_model(config.checkpoint, rope_theta=cfg.rope_theta,
+                                   rope_position_scale=cfg.rope_position_scale)
+  tok_section = meta.get('tokenizer') or config.tokenizer
+  tok = tokenizers.load(from_section(tokenizers.TokenizerConfig, tok_section, 'tokenizer'))
+  ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(
+      config.sample.prompt)
+  tokens, mask = sampler.left_pad([ids], cfg.pad_token_id)
+  logging.info('sampling %d tokens after a %d-token prompt', scfg.gen_length, len(ids))
+  out = sampler.generate(model, tokens, jax.random.key(config.seed), scfg, mask)
+  eos = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
+  text = tok.decode(sampler.strip_generation(out[0, tokens.shape[1]:], eos))
+  print(config.sample.prompt + text)
+  return text

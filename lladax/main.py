@@ -1,0 +1,31 @@
+"""The one entry point: `python -m lladax.main --config configs/X.py [--config.a.b=value ...]`.
+
+Reads the recipe and runs the job that `config.job` names; nothing else happens here.
+"""
+import logging
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from lladax import jobs
+from lladax.config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe file from configs/.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; settings go as --config.a.b=value')
+  if _CONFIG.value is None:
+    raise app.UsageError('pass a recipe: --config configs/demo.py')
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    jobs.run(_CONFIG.value)
+  except ConfigError as e:
+    print(f'lladax: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
