@@ -12,6 +12,7 @@ from lladax import presets
 def get_config():
   c = presets.base('demo')
   c.workdir = '/tmp/lladax_demo'
+  c.tokenizer = presets.byte_tokenizer()
   c.model = presets.tiny_model(max_sequence_length=32)
   c.data.update(source='retrieval', n_pairs=4, seq_len=32, batch_size=64)
   c.train.update(steps=1500, log_every=50, objective='sft')

@@ -7,6 +7,7 @@ from lladax import presets
 
 def get_config():
   c = presets.base('train')
+  c.tokenizer = presets.byte_tokenizer()
   c.model = presets.tiny_model()
   c.data.update(source='text_files', path='{stdlib}/json/*.py', seq_len=64, batch_size=8)
   c.train.update(steps=20, log_every=5, objective='pretrain')

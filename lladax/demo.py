@@ -8,7 +8,6 @@ import jax
 import numpy as np
 
 from lladax import sampler, train
-from lladax.config import from_section
 from lladax.data import retrieval
 
 
@@ -29,8 +28,7 @@ def evaluate(model, tok, scfg, n_pairs: int, n: int, seed: int) -> dict:
 
 
 def run(config) -> dict:
-  scfg = from_section(sampler.SamplerConfig, {k: v for k, v in config.sample.items()
-                                              if k != 'prompt'}, 'config.sample')
+  scfg = sampler.from_config(config)
   result = train.run(config)
   first, last = result['history'][0], result['history'][-1]
   report = evaluate(result['model'], result['tokenizer'], scfg, config.data.n_pairs,

@@ -14,15 +14,14 @@ def run(config) -> str:
   if not config.checkpoint:
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, a model folder '
                       'written by the train job (<workdir>/model) or the convert job.')
-  scfg = from_section(sampler.SamplerConfig, {k: v for k, v in config.sample.items()
-                                              if k != 'prompt'}, 'config.sample')
+  scfg = sampler.from_config(config)
   saved, meta = checkpoint.read_config(config.checkpoint)
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
   cfg = model_config.resolve_rope(saved, rope_cfg)
   model, _ = checkpoint.load_model(config.checkpoint, rope_theta=cfg.rope_theta,
                                    rope_position_scale=cfg.rope_position_scale)
-  tok_section = meta.get('tokenizer') or config.tokenizer
-  tok = tokenizers.load(from_section(tokenizers.TokenizerConfig, tok_section, 'tokenizer'))
+  tok = tokenizers.load(
+      from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer'), meta)
   ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(
       config.sample.prompt)
   tokens, mask = sampler.left_pad([ids], cfg.pad_token_id)

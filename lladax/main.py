@@ -14,12 +14,21 @@ from lladax.config import ConfigError
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe file from configs/.')
 
 
+def _quiet_libraries():
+  """Orbax logs every save step at INFO through absl; keep lladax's INFO lines only."""
+  noisy = ('/orbax/', '/grain/')
+  for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or
+                      not any(n in r.pathname for n in noisy))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; settings go as --config.a.b=value')
   if _CONFIG.value is None:
     raise app.UsageError('pass a recipe: --config configs/demo.py')
   logging.getLogger().setLevel(logging.INFO)
+  _quiet_libraries()
   try:
     jobs.run(_CONFIG.value)
   except ConfigError as e:
@@ -27,5 +36,9 @@ def main(argv):
     sys.exit(2)
 
 
-if __name__ == '__main__':
+def run():
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -46,10 +46,14 @@ class Blocks(nnx.Module):
     l, d, h, kh, hd, f = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim,
                           cfg.mlp_hidden_size)
     dt = DTYPES[cfg.param_dtype]
-    depth = jnp.sqrt(2.0 * jnp.arange(1, l + 1, dtype=jnp.float32))
-    out_std = lambda fan_in: (1.0 / math.sqrt(fan_in) / depth).reshape(
-        (l,) + (1,) * 3)
-    init = lambda shape, std: _truncated_normal(rngs.params(), shape, std, dt)
+    # Mitchell init: output projections shrink with depth by 1/sqrt(2(l+1)).
+    depth = 1.0 / jnp.sqrt(2.0 * jnp.arange(1, l + 1, dtype=jnp.float32))
+
+    def init(shape, std, per_layer=False):
+      if per_layer:
+        std = (std * depth).reshape((l,) + (1,) * (len(shape) - 1))
+      return _truncated_normal(rngs.params(), shape, std, dt)
+
     self.attn_norm = _param(jnp.ones((l, d), dt), 'layers', 'norm')
     self.q_proj = _param(init((l, d, h, hd), 1 / math.sqrt(d)), 'layers', 'embed', 'heads',
                          'head_dim')
@@ -57,12 +61,12 @@ class Blocks(nnx.Module):
                          'head_dim')
     self.v_proj = _param(init((l, d, kh, hd), 1 / math.sqrt(d)), 'layers', 'embed', 'kv_heads',
                          'head_dim')
-    self.attn_out = _param(init((l, h, hd, d), out_std(d)), 'layers', 'heads', 'head_dim',
+    self.attn_out = _param(init((l, h, hd, d), 1 / math.sqrt(d), per_layer=True), 'layers', 'heads', 'head_dim',
                            'embed')
     self.ff_norm = _param(jnp.ones((l, d), dt), 'layers', 'norm')
     self.ff_proj = _param(init((l, d, f), 1 / math.sqrt(d)), 'layers', 'embed', 'mlp')
     self.up_proj = _param(init((l, d, f), 1 / math.sqrt(d)), 'layers', 'embed', 'mlp')
-    self.ff_out = _param(init((l, f, d), out_std(f)[..., 0]), 'layers', 'mlp', 'embed')
+    self.ff_out = _param(init((l, f, d), 1 / math.sqrt(f), per_layer=True), 'layers', 'mlp', 'embed')
 
 
 BLOCK_PARAMS = ('attn_norm', 'q_proj', 'k_proj', 'v_proj', 'attn_out', 'ff_norm', 'ff_proj',

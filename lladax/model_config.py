@@ -7,6 +7,7 @@ import logging
 import jax.numpy as jnp
 
 from lladax import rope as rope_lib
+from lladax.attention import KERNELS
 from lladax.config import ConfigError, choice, from_section
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -62,7 +63,6 @@ class ModelConfig:
     choice(self.param_dtype, DTYPES, 'config.model.param_dtype')
     choice(self.dtype, DTYPES, 'config.model.dtype')
     choice(self.remat_policy, REMAT_POLICIES, 'config.model.remat_policy')
-    from lladax.attention import KERNELS  # pylint: disable=import-outside-toplevel
     choice(self.attention_kernel, tuple(KERNELS), 'config.model.attention_kernel')
 
   @property

@@ -61,3 +61,7 @@ def tiny_model(**overrides) -> ml_collections.ConfigDict:
                dtype='float32', remat_policy='none')
   shape.update(overrides)
   return section(ModelConfig, **shape)
+
+
+def byte_tokenizer() -> ml_collections.ConfigDict:
+  return section(tokenizers.TokenizerConfig, kind='bytes')

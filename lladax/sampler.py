@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lladax.config import ConfigError, choice
+from lladax.config import ConfigError, choice, from_section
 
 REMASKING = ('low_confidence', 'random')
 
@@ -57,6 +57,12 @@ class SamplerConfig:
   @property
   def steps_per_block(self) -> int:
     return self.steps // self.num_blocks
+
+
+def from_config(config) -> SamplerConfig:
+  """`config.sample` minus its `prompt` (job input, not a sampler setting)."""
+  section = {k: v for k, v in config.sample.items() if k != 'prompt'}
+  return from_section(SamplerConfig, section, 'config.sample')
 
 
 def transfer_schedule(block_length: int, steps_per_block: int) -> np.ndarray:

@@ -28,9 +28,11 @@ class TrainConfig:
   objective: str = 'pretrain'   # pretrain: mask any real token; sft: never the prompt
   mask_eps: float = diffusion.EPS
   save: bool = True             # write the final model to <workdir>/model
+  init: str = 'scratch'         # scratch | checkpoint (post-training: config.checkpoint required)
 
   def __post_init__(self):
     choice(self.objective, OBJECTIVES, 'config.train.objective')
+    choice(self.init, ('scratch', 'checkpoint'), 'config.train.init')
     if self.steps <= 0:
       raise ConfigError('config.train.steps must be positive.')
     if self.log_every <= 0:
@@ -64,19 +66,59 @@ def check_vocab(mcfg: model_config.ModelConfig, tokenizer) -> None:
                       f'{tokenizer.vocab_size}.')
 
 
+def check_fits_one_device(mcfg: model_config.ModelConfig) -> None:
+  """This loop keeps parameters, gradients and both Adam moments unsharded on one device."""
+  need = mcfg.num_params() * 16
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+  have = stats.get('bytes_limit') or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  if need > have:
+    raise ConfigError(
+        f'{mcfg.num_params() / 1e9:.1f}B parameters need ~{need / 2**30:.0f} GiB for weights, '
+        f'gradients and AdamW state, but one {device.platform} device here has '
+        f'{have / 2**30:.0f} GiB; run this recipe on a pod with the sharded trainer, or shrink '
+        'config.model.')
+
+
+def initial_model(config, mcfg: model_config.ModelConfig) -> model_lib.LLaDA:
+  """From scratch, or from `config.checkpoint` (post-training) with the recipe's RoPE rule and
+  compute settings applied to the checkpoint's own shape and base."""
+  if not config.checkpoint:
+    return model_lib.init(mcfg, config.seed)
+  saved, _ = checkpoint.read_config(config.checkpoint)
+  for name in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'kv_heads', 'mlp_hidden_size',
+               'weight_tying'):
+    if getattr(saved, name) != getattr(mcfg, name):
+      raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
+                        f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
+  rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
+  scaled = model_config.resolve_rope(saved, rope_cfg)
+  model, _ = checkpoint.load_model(
+      config.checkpoint, rope_theta=scaled.rope_theta,
+      rope_position_scale=scaled.rope_position_scale, param_dtype=mcfg.param_dtype,
+      dtype=mcfg.dtype, remat_policy=mcfg.remat_policy, scan_layers=mcfg.scan_layers,
+      attention_kernel=mcfg.attention_kernel)
+  return model
+
+
 def run(config) -> dict:
   """Trains from scratch on `config.data`; returns {'model', 'history', 'model_dir'}."""
   mcfg = model_config.from_config(config)
   tcfg = from_section(TrainConfig, config.train, 'config.train')
   ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
   dcfg = from_section(simple.DataConfig, config.data, 'config.data')
-  tok = tokenizers.load(from_section(tokenizers.TokenizerConfig, config.tokenizer,
-                                     'config.tokenizer'))
+  if tcfg.init == 'checkpoint' and not config.checkpoint:
+    raise ConfigError("config.train.init='checkpoint' needs config.checkpoint, the model folder "
+                      'to post-train (convert a Hugging Face checkpoint with configs/convert.py).')
+  meta = checkpoint.read_config(config.checkpoint)[1] if config.checkpoint else None
+  tok_cfg = from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer')
+  tok = tokenizers.load(tok_cfg, meta)
   check_vocab(mcfg, tok)
+  check_fits_one_device(mcfg)
   data = simple.batches(dcfg, tok, config.seed, eos_id=mcfg.eos_token_id,
                         bos_id=mcfg.bos_token_id)
-
-  model = model_lib.init(mcfg, config.seed)
+  model = initial_model(config, mcfg)
+  mcfg = model.cfg
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.adamw(ocfg)
   opt_state = tx.init(params)
@@ -95,13 +137,16 @@ def run(config) -> dict:
   tokens_seen = 0
   bar = tqdm(range(tcfg.steps), desc='train', unit='step', dynamic_ncols=True)
   start = time.perf_counter()
+  window = []  # metrics since the last log: the diffusion loss is noisy batch to batch
   for step in bar:
     batch = jax.tree.map(jnp.asarray, next(data))
     params, opt_state, metrics = step_fn(params, opt_state, batch,
                                          jax.random.fold_in(base_key, step))
+    window.append(metrics)
     tokens_seen += int(np.prod(batch['tokens'].shape))
     if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
-      record = {k: float(v) for k, v in metrics.items()}
+      record = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+      window = []
       elapsed = time.perf_counter() - start
       record.update(step=step + 1, learning_rate=float(schedule(step)),
                     tokens_per_second=tokens_seen / elapsed)
@@ -121,6 +166,7 @@ def run(config) -> dict:
   model_dir = None
   if workdir and tcfg.save:
     model_dir = checkpoint.save_model(os.path.join(workdir, 'model'), model,
-                                      {'tokenizer': config.tokenizer.to_dict()})
+                                      {'tokenizer': (meta or {}).get('tokenizer') or
+                                                    dataclasses.asdict(tok_cfg)})
     logging.info('saved the model to %s', model_dir)
   return {'model': model, 'history': history, 'model_dir': model_dir, 'tokenizer': tok}

@@ -28,14 +28,12 @@ class DataConfig:
   seq_len: int = 64           # tokens per row
   batch_size: int = 32        # rows per step
   n_pairs: int = 4            # retrieval: key-value pairs per record
+  max_questions: int = 1      # retrieval: each record asks 1..max_questions keys
 
   def __post_init__(self):
     choice(self.source, SOURCES, 'config.data.source')
     if self.seq_len <= 0 or self.batch_size <= 0:
       raise ConfigError('config.data.seq_len and batch_size must be positive.')
-    if self.source == 'text_files' and not self.path:
-      raise ConfigError("config.data.source='text_files' needs config.data.path (a glob of "
-                        'local text files).')
 
 
 def expand_path(pattern: str) -> str:
@@ -44,6 +42,9 @@ def expand_path(pattern: str) -> str:
 
 def text_documents(pattern: str) -> list[str]:
   """Every file the glob matches, read as UTF-8 text; fails naming the glob if none matches."""
+  if not pattern:
+    raise ConfigError("config.data.source='text_files' needs config.data.path (a glob of "
+                      'local text files).')
   pattern = expand_path(pattern)
   paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
   if not paths:
@@ -57,17 +58,21 @@ def text_documents(pattern: str) -> list[str]:
   return docs
 
 
-def retrieval_row(rng, tokenizer, n_pairs: int, seq_len: int, eos_id: int, bos_id=None):
-  """tokens [seq_len] and prompt mask for one SFT record, right-padded with EOS."""
-  prompt, answer = retrieval.example(rng, n_pairs)
-  head = ([bos_id] if bos_id is not None else []) + tokenizer.encode(prompt)
-  ids = head + tokenizer.encode(answer) + [eos_id]
-  if len(ids) > seq_len:
-    raise ConfigError(f'config.data.seq_len={seq_len} is shorter than a retrieval record '
-                      f'({len(ids)} tokens with n_pairs={n_pairs}); raise seq_len.')
-  tokens = np.full(seq_len, eos_id, np.int32)
-  tokens[:len(ids)] = ids
-  return tokens, np.arange(seq_len) < len(head)
+def retrieval_row(rng, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None):
+  """tokens [seq_len] and prompt mask for one SFT record, right-padded with EOS (an answer)."""
+  pieces = retrieval.record(rng, cfg.n_pairs, int(rng.integers(1, cfg.max_questions + 1)))
+  ids = [bos_id] if bos_id is not None else []
+  given = [True] * len(ids)
+  for text, is_answer in pieces:
+    piece = tokenizer.encode(text)
+    ids += piece
+    given += [not is_answer] * len(piece)
+  if len(ids) >= cfg.seq_len:
+    raise ConfigError(f'config.data.seq_len={cfg.seq_len} is too short for a retrieval record '
+                      f'({len(ids) + 1} tokens with n_pairs={cfg.n_pairs}, max_questions='
+                      f'{cfg.max_questions}); raise seq_len.')
+  pad = cfg.seq_len - len(ids)
+  return (np.array(ids + [eos_id] * pad, np.int32), np.array(given + [False] * pad))
 
 
 def pack_rows(docs_tokens: Iterator[list[int]], seq_len: int, pad_id: int):
@@ -98,32 +103,42 @@ def pack_rows(docs_tokens: Iterator[list[int]], seq_len: int, pad_id: int):
 
 
 def batches(cfg: DataConfig, tokenizer, seed: int, *, eos_id: int, bos_id=None) -> Iterator[dict]:
-  """An endless iterator of numpy batches: tokens, positions, segment_ids, prompt_mask [B, T]."""
+  """An endless iterator of numpy batches: tokens, positions, segment_ids, prompt_mask [B, T].
+
+  Sources are opened here, before any batch is drawn, so a bad path fails at start-up.
+  """
   rng = np.random.default_rng(seed)
-  b, t = cfg.batch_size, cfg.seq_len
   if cfg.source == 'retrieval':
-    while True:
-      rows = [retrieval_row(rng, tokenizer, cfg.n_pairs, t, eos_id, bos_id) for _ in range(b)]
-      yield {
-          'tokens': np.stack([r[0] for r in rows]),
-          'prompt_mask': np.stack([r[1] for r in rows]),
-          'segment_ids': np.ones((b, t), np.int32),
-          'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-      }
-  docs = text_documents(cfg.path)
+    retrieval_row(np.random.default_rng(seed), tokenizer, cfg, eos_id, bos_id)  # length check
+    return _retrieval_batches(cfg, tokenizer, rng, eos_id, bos_id)
+  return _text_batches(cfg, text_documents(cfg.path), tokenizer, rng, eos_id, bos_id)
+
+
+def _retrieval_batches(cfg, tokenizer, rng, eos_id, bos_id):
+  b, t = cfg.batch_size, cfg.seq_len
+  while True:
+    rows = [retrieval_row(rng, tokenizer, cfg, eos_id, bos_id) for _ in range(b)]
+    yield {
+        'tokens': np.stack([r[0] for r in rows]),
+        'prompt_mask': np.stack([r[1] for r in rows]),
+        'segment_ids': np.ones((b, t), np.int32),
+        'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+    }
+
+
+def _text_batches(cfg, docs, tokenizer, rng, eos_id, bos_id):
 
   def endless():
     while True:
       for i in rng.permutation(len(docs)):
-        ids = tokenizer.encode(docs[i])
-        yield ([bos_id] if bos_id is not None else []) + ids + [eos_id]
+        yield ([bos_id] if bos_id is not None else []) + tokenizer.encode(docs[i]) + [eos_id]
 
-  rows = pack_rows(endless(), t, eos_id)
+  rows = pack_rows(endless(), cfg.seq_len, eos_id)
   while True:
-    got = [next(rows) for _ in range(b)]
+    got = [next(rows) for _ in range(cfg.batch_size)]
     yield {
         'tokens': np.stack([g[0] for g in got]),
         'segment_ids': np.stack([g[1] for g in got]),
         'positions': np.stack([g[2] for g in got]),
-        'prompt_mask': np.zeros((b, t), bool),
+        'prompt_mask': np.zeros((cfg.batch_size, cfg.seq_len), bool),
     }

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from lladax.config import ConfigError, choice
 
-KINDS = ('bytes', 'sentencepiece', 'hf')
+KINDS = ('checkpoint', 'bytes', 'sentencepiece', 'hf')
+# LLaDA-Instruct's chat markers (Llama-3 style); their ids come from the tokenizer.
+CHAT_HEADER = '<|start_header_id|>{role}<|end_header_id|>\n\n'
+CHAT_EOT = '<|eot_id|>'
 
 
 class Tokenizer(Protocol):
@@ -67,19 +70,56 @@ class HFTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+  def token_to_id(self, token: str) -> int | None:
+    """The id of a token string (e.g. '<|eot_id|>'), or None if the vocabulary lacks it."""
+    return self._tok.token_to_id(token)
+
+
+def chat_template(messages: Sequence[Mapping[str, str]], bos_token: str = '<|startoftext|>') -> str:
+  """LLaDA-Instruct's chat template as text, exactly as its tokenizer_config.json renders it.
+
+  Each message is `<|start_header_id|>ROLE<|end_header_id|>\n\n` + content.strip() +
+  `<|eot_id|>`, BOS before the first; the assistant header always follows (the template ignores
+  add_generation_prompt). Tokenize the result without adding special tokens.
+  """
+  parts = [bos_token]
+  for m in messages:
+    if not isinstance(m.get('role'), str) or not isinstance(m.get('content'), str):
+      raise ValueError(f'a chat message needs string "role" and "content", got {dict(m)!r}')
+    parts.append(f'{CHAT_HEADER.format(role=m["role"])}{m["content"].strip()}{CHAT_EOT}')
+  parts.append(CHAT_HEADER.format(role='assistant'))
+  return ''.join(parts)
+
+
+def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
+                bos_id: int | None) -> list[int]:
+  """Token ids of the chat prompt: `bos_id` (the model config's, never a hard-coded number) and
+  then the template; the header and end-of-turn markers must be tokens of `tokenizer`."""
+  ids = tokenizer.encode(chat_template(messages, bos_token=''))
+  return ([bos_id] if bos_id is not None else []) + ids
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-  kind: str = 'bytes'   # bytes | sentencepiece | hf
-  path: str = ''        # the .model file, or tokenizer.json (or the folder holding it)
+  kind: str = 'checkpoint'  # checkpoint (the one the model directory records) | bytes |
+                            # sentencepiece | hf
+  path: str = ''            # the .model file, or tokenizer.json (or the folder holding it)
 
   def __post_init__(self):
     choice(self.kind, KINDS, 'config.tokenizer.kind')
-    if self.kind != 'bytes' and not self.path:
+    if self.kind in ('sentencepiece', 'hf') and not self.path:
       raise ConfigError(f'config.tokenizer.kind={self.kind!r} needs config.tokenizer.path.')
 
 
-def load(cfg: TokenizerConfig) -> Tokenizer:
+def load(cfg: TokenizerConfig, checkpoint_meta: dict | None = None) -> Tokenizer:
+  """The tokenizer `cfg` names; kind 'checkpoint' takes the one a model directory recorded."""
+  if cfg.kind == 'checkpoint':
+    recorded = (checkpoint_meta or {}).get('tokenizer')
+    if not recorded:
+      raise ConfigError("config.tokenizer.kind='checkpoint' but no checkpoint with a recorded "
+                        'tokenizer was given; set config.checkpoint, or config.tokenizer.kind '
+                        'and path.')
+    return load(TokenizerConfig(**recorded))
   if cfg.kind == 'bytes':
     return ByteTokenizer()
   if not os.path.exists(cfg.path):
