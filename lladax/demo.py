@@ -11,18 +11,18 @@ from lladax import sampler, train
 from lladax.data import retrieval
 
 
-def evaluate(model, tok, scfg, n_pairs: int, n: int, seed: int) -> dict:
+def evaluate(model, tok, scfg, n_pairs: int, needle: str, n: int, seed: int) -> dict:
   """Exact-match accuracy of sampled answers on `n` fresh records."""
   cfg = model.cfg
   rng = np.random.default_rng(seed)
-  records = [retrieval.example(rng, n_pairs) for _ in range(n)]
+  records = [retrieval.example(rng, n_pairs, needle) for _ in range(n)]
   bos = [cfg.bos_token_id] if cfg.bos_token_id is not None else []
   tokens, mask = sampler.left_pad([bos + tok.encode(p) for p, _ in records], cfg.pad_token_id)
   out = np.asarray(sampler.generate(model, tokens, jax.random.key(seed), scfg, mask))
   eos = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
   answers = [tok.decode(sampler.strip_generation(row[tokens.shape[1]:], eos)) for row in out]
   correct = [a.strip() == want for a, (_, want) in zip(answers, records)]
-  return {'accuracy': float(np.mean(correct)), 'chance': 1.0 / n_pairs,
+  return {'accuracy': float(np.mean(correct)), 'chance': retrieval.chance(n_pairs, needle),
           'samples': [{'prompt': p, 'answer': want, 'generated': a}
                       for (p, want), a in zip(records[:8], answers[:8])]}
 
@@ -32,7 +32,7 @@ def run(config) -> dict:
   result = train.run(config)
   first, last = result['history'][0], result['history'][-1]
   report = evaluate(result['model'], result['tokenizer'], scfg, config.data.n_pairs,
-                    config.get('demo_eval_examples', 256), config.seed + 1)
+                    config.data.needle, config.get('demo_eval_examples', 256), config.seed + 1)
   report.update(first_loss=first['loss'], last_loss=last['loss'],
                 steps=last['step'], tokens_per_second=last['tokens_per_second'])
   print(f'\nloss {first["loss"]:.3f} (step {first["step"]}) -> {last["loss"]:.3f} '

@@ -1,6 +1,7 @@
 """The single-host training loop: masked-diffusion loss, AdamW, jit, progress and a final checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -101,8 +102,47 @@ def initial_model(config, mcfg: model_config.ModelConfig) -> model_lib.LLaDA:
   return model
 
 
+def fit(step_fn, params, opt_state, data, tcfg: TrainConfig, schedule, seed: int,
+        log_path: str | None):
+  """Runs tcfg.steps updates with a progress bar; logs window means to the console and log_path."""
+  base_key = jax.random.key(seed)
+  history, window = [], []  # window: metrics since the last log (the loss is noisy per batch)
+  slots = 0
+  with contextlib.ExitStack() as stack:
+    log = stack.enter_context(open(log_path, 'w')) if log_path else None
+    bar = stack.enter_context(tqdm(range(tcfg.steps), desc='train', unit='step',
+                                   dynamic_ncols=True))
+    start = time.perf_counter()
+    for step in bar:
+      batch = jax.tree.map(jnp.asarray, next(data))
+      params, opt_state, metrics = step_fn(params, opt_state, batch,
+                                           jax.random.fold_in(base_key, step))
+      window.append(metrics)
+      slots += int(np.prod(batch['tokens'].shape))
+      if (step + 1) % tcfg.log_every and step + 1 != tcfg.steps:
+        continue
+      record = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+      window = []
+      record.update(step=step + 1, learning_rate=float(schedule(step)),
+                    tokens_per_second=slots / (time.perf_counter() - start))
+      if not np.isfinite(record['loss']):
+        raise FloatingPointError(f'loss is {record["loss"]} at step {step + 1}; lower '
+                                 'config.optim.learning_rate or check the data.')
+      history.append(record)
+      bar.set_postfix(loss=f'{record["loss"]:.3f}', acc=f'{record["masked_accuracy"]:.2f}',
+                      lr=f'{record["learning_rate"]:.2g}',
+                      tok_s=f'{record["tokens_per_second"]:.0f}')
+      if log:
+        log.write(json.dumps(record) + '\n')
+        log.flush()
+  return params, history
+
+
 def run(config) -> dict:
-  """Trains from scratch on `config.data`; returns {'model', 'history', 'model_dir'}."""
+  """Trains on `config.data`, from scratch or from `config.checkpoint`; saves to the workdir.
+
+  Returns {'model', 'history' (one record per log interval), 'model_dir', 'tokenizer'}.
+  """
   mcfg = model_config.from_config(config)
   tcfg = from_section(TrainConfig, config.train, 'config.train')
   ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
@@ -121,52 +161,21 @@ def run(config) -> dict:
   mcfg = model.cfg
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer.adamw(ocfg)
-  opt_state = tx.init(params)
-  schedule = optimizer.learning_rate(ocfg)
   step_fn = make_step(graphdef, tx, mcfg.mask_token_id, tcfg.mask_eps, tcfg.objective == 'sft')
   logging.info('training %s parameters for %d steps on %s', f'{mcfg.num_params():,}',
                tcfg.steps, dcfg.source)
-
   workdir = config.get('workdir') or ''
-  log_file = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    log_file = open(os.path.join(workdir, 'metrics.jsonl'), 'w')  # pylint: disable=consider-using-with
-  base_key = jax.random.key(config.seed)
-  history = []
-  tokens_seen = 0
-  bar = tqdm(range(tcfg.steps), desc='train', unit='step', dynamic_ncols=True)
-  start = time.perf_counter()
-  window = []  # metrics since the last log: the diffusion loss is noisy batch to batch
-  for step in bar:
-    batch = jax.tree.map(jnp.asarray, next(data))
-    params, opt_state, metrics = step_fn(params, opt_state, batch,
-                                         jax.random.fold_in(base_key, step))
-    window.append(metrics)
-    tokens_seen += int(np.prod(batch['tokens'].shape))
-    if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
-      record = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
-      window = []
-      elapsed = time.perf_counter() - start
-      record.update(step=step + 1, learning_rate=float(schedule(step)),
-                    tokens_per_second=tokens_seen / elapsed)
-      if not np.isfinite(record['loss']):
-        raise FloatingPointError(f'loss is {record["loss"]} at step {step + 1}; lower '
-                                 'config.optim.learning_rate or check the data.')
-      history.append(record)
-      bar.set_postfix(loss=f'{record["loss"]:.3f}', acc=f'{record["masked_accuracy"]:.2f}',
-                      lr=f'{record["learning_rate"]:.2g}', tok_s=f'{record["tokens_per_second"]:.0f}')
-      if log_file:
-        log_file.write(json.dumps(record) + '\n')
-        log_file.flush()
-  bar.close()
-  if log_file:
-    log_file.close()
+  params, history = fit(step_fn, params, tx.init(params), data, tcfg,
+                        optimizer.learning_rate(ocfg), config.seed,
+                        os.path.join(workdir, 'metrics.jsonl') if workdir else None)
   model = nnx.merge(graphdef, params)
   model_dir = None
   if workdir and tcfg.save:
-    model_dir = checkpoint.save_model(os.path.join(workdir, 'model'), model,
-                                      {'tokenizer': (meta or {}).get('tokenizer') or
-                                                    dataclasses.asdict(tok_cfg)})
+    # Keep what the source checkpoint recorded (its Hugging Face config.json, for export).
+    extra = {**(meta or {}), 'tokenizer': (meta or {}).get('tokenizer') or
+             dataclasses.asdict(tok_cfg)}
+    model_dir = checkpoint.save_model(os.path.join(workdir, 'model'), model, extra)
     logging.info('saved the model to %s', model_dir)
   return {'model': model, 'history': history, 'model_dir': model_dir, 'tokenizer': tok}

@@ -29,6 +29,8 @@ class DataConfig:
   batch_size: int = 32        # rows per step
   n_pairs: int = 4            # retrieval: key-value pairs per record
   max_questions: int = 1      # retrieval: each record asks 1..max_questions keys
+  needle: str = ''            # retrieval: a fixed key hidden among the pairs and always the one
+                              # asked ('' asks the pairs' own keys)
 
   def __post_init__(self):
     choice(self.source, SOURCES, 'config.data.source')
@@ -60,7 +62,8 @@ def text_documents(pattern: str) -> list[str]:
 
 def retrieval_row(rng, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None):
   """tokens [seq_len] and prompt mask for one SFT record, right-padded with EOS (an answer)."""
-  pieces = retrieval.record(rng, cfg.n_pairs, int(rng.integers(1, cfg.max_questions + 1)))
+  pieces = retrieval.record(rng, cfg.n_pairs, int(rng.integers(1, cfg.max_questions + 1)),
+                            cfg.needle)
   ids = [bos_id] if bos_id is not None else []
   given = [True] * len(ids)
   for text, is_answer in pieces:
