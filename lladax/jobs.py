@@ -13,6 +13,12 @@ JOBS = {
     'convert': 'lladax.convert:run',
     'export': 'lladax.export:run',
     'data_bench': 'lladax.data.bench:run',
+    'plan': 'lladax.plan:run',
+    'attention_bench': 'lladax.attention.bench:run',
+    'eval_niah': 'lladax.evals.niah:run',
+    'eval_ppl': 'lladax.evals.perplexity:run',
+    'eval_ruler': 'lladax.evals.ruler:run',
+    'eval_longbench': 'lladax.evals.longbench:run',
 }
 
 
