@@ -30,7 +30,7 @@ from flax import nnx
 
 from lladax import hf_params, model as model_lib
 from lladax.config import ConfigError, from_section
-from lladax.model_config import ModelConfig
+from lladax.model_config import ModelConfig, RopeConfig, resolve_rope
 
 CONFIG_FILE = 'model_config.json'
 PARAMS_DIR = 'params'
@@ -208,6 +208,14 @@ def load_model(path: str, **overrides) -> tuple[model_lib.LLaDA, dict]:
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(os.path.abspath(path), PARAMS_DIR), abstract_params)
   return nnx.merge(graphdef, params, rest), meta
+
+
+def load_with_rope(path: str, rope: RopeConfig, **overrides) -> tuple[model_lib.LLaDA, dict]:
+  """load_model with a RoPE scaling rule applied to the checkpoint's own base, as a recipe's
+  `config.rope` asks (e.g. LongLLaDA's training-free NTK on a converted LLaDA-8B)."""
+  scaled = resolve_rope(read_config(path)[0], rope)
+  return load_model(path, rope_theta=scaled.rope_theta,
+                    rope_position_scale=scaled.rope_position_scale, **overrides)
 
 
 def open_params(path: str) -> dict[str, ts.TensorStore]:

@@ -15,11 +15,11 @@ def run(config) -> str:
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, a model folder '
                       'written by the train job (<workdir>/model) or the convert job.')
   scfg = sampler.from_config(config)
-  saved, meta = checkpoint.read_config(config.checkpoint)
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
-  cfg = model_config.resolve_rope(saved, rope_cfg)
-  model, _ = checkpoint.load_model(config.checkpoint, rope_theta=cfg.rope_theta,
-                                   rope_position_scale=cfg.rope_position_scale)
+  recipe = from_section(model_config.ModelConfig, config.model, 'config.model')
+  model, meta = checkpoint.load_with_rope(config.checkpoint, rope_cfg,
+                                          **model_config.compute_settings(recipe))
+  cfg = model.cfg
   tok = tokenizers.load(
       from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer'), meta)
   ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(

@@ -117,6 +117,15 @@ def resolve_rope(model: ModelConfig, rope: RopeConfig) -> ModelConfig:
                              rope_position_scale=model.rope_position_scale * params.position_scale)
 
 
+# Fields a recipe may change on a saved model: how it computes, never its shape.
+COMPUTE_FIELDS = ('param_dtype', 'dtype', 'remat_policy', 'scan_layers', 'attention_kernel')
+
+
+def compute_settings(cfg: ModelConfig) -> dict:
+  """The recipe's compute settings, to apply to a checkpoint's own shape (load_model overrides)."""
+  return {name: getattr(cfg, name) for name in COMPUTE_FIELDS}
+
+
 def from_config(config) -> ModelConfig:
   """The network config for a recipe: `config.model` with `config.rope`'s rule applied."""
   model = from_section(ModelConfig, config.model, 'config.model')

@@ -93,12 +93,8 @@ def initial_model(config, mcfg: model_config.ModelConfig) -> model_lib.LLaDA:
       raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
                         f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
-  scaled = model_config.resolve_rope(saved, rope_cfg)
-  model, _ = checkpoint.load_model(
-      config.checkpoint, rope_theta=scaled.rope_theta,
-      rope_position_scale=scaled.rope_position_scale, param_dtype=mcfg.param_dtype,
-      dtype=mcfg.dtype, remat_policy=mcfg.remat_policy, scan_layers=mcfg.scan_layers,
-      attention_kernel=mcfg.attention_kernel)
+  model, _ = checkpoint.load_with_rope(config.checkpoint, rope_cfg,
+                                      **model_config.compute_settings(mcfg))
   return model
 
 
