@@ -1,0 +1,26 @@
+"""Needle in a haystack on a checkpoint, as LongLLaDA (default) or UltraLLaDA ran it.
+
+  python -m lladax.main --config configs/eval_niah.py --config.checkpoint=/ckpt/llada-8b-base \\
+      --config.workdir=/tmp/niah --config.niah.haystack='/data/PaulGrahamEssays/*.txt'
+  # UltraLLaDA's grid (8K-128K in 8K steps, steps 16):
+  ...  --config.niah.grid=ultrallada
+  # LongLLaDA's NTK scaling (lambda 14 for 16K) applied to the checkpoint's base:
+  ...  --config.rope.rule=ntk --config.rope.target_length=16384 --config.rope.round_lambda=True
+
+Writes niah_results.json / .csv and niah.png (length x depth heatmap) in the workdir; a killed
+run resumes from niah_cells.jsonl. The network's shape comes from the checkpoint; config.model
+only says how it runs (dtype, param_dtype, attention_kernel). Decoding lengths and steps are
+config.niah's (the grid's); config.sample gives temperature, remasking, cfg and suppression.
+"""
+from lladax import presets
+from lladax.evals import niah, runner
+
+
+def get_config():
+  c = presets.base('eval_niah')
+  c.workdir = '/tmp/lladax_eval_niah'
+  c.model.update(dtype='bfloat16', param_dtype='bfloat16')
+  c.sample.update(gen_length=32, block_length=32, steps=32, temperature=0.0)
+  c.eval = presets.section(runner.EvalConfig)
+  c.niah = presets.section(niah.NiahConfig)
+  return c

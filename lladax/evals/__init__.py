@@ -1,0 +1,7 @@
+"""Long-context evaluation jobs: needle in a haystack, perplexity against length, RULER, LongBench.
+
+Each job reads a checkpoint (`config.checkpoint`) and local files only, writes its results as JSON
+(with the checkpoint, the RoPE base and the sampler settings used) into `config.workdir`, and
+resumes from the cells a killed run had finished. Shared pieces: runner.py (loading, batching,
+the resumable store, progress), metrics.py, haystack.py, plots.py, oracles.py.
+"""
