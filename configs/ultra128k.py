@@ -16,7 +16,7 @@ Recipe (PAPERS.md section 3; [guess] marks what the paper does not state and we 
   python -m lladax.main --config configs/ultra128k.py --config.checkpoint=/ckpt/llada-8b-base \\
       --config.data.path='/data/pg19/train/*.txt' --config.workdir=gs://bucket/ultra128k
 """
-from lladax import presets
+from lladax import plan, presets, sharding, train_step
 
 
 def get_config():
@@ -28,4 +28,9 @@ def get_config():
   c.optim.update(learning_rate=2e-5, warmup_steps=30, schedule='constant', weight_decay=0.1,
                  clip_norm=1.0, b1=0.9, b2=0.95)
   c.sample.update(gen_length=32, block_length=32, steps=16)  # UltraLLaDA's NIAH decoding
+  # Pods: each 131072-token row split over 16 chips (ring attention), rows over fsdp.
+  c.model.attention_kernel = 'ring'
+  c.mesh = presets.section(sharding.MeshConfig, fsdp=-1, context=16)
+  c.step = presets.section(train_step.StepConfig, loss_chunks=16)  # 2 GiB of logits, not 33
+  c.plan = presets.section(plan.PlanConfig, topology='v5p:4x4x4')
   return c

@@ -3,12 +3,13 @@
 Reads the recipe and runs the job that `config.job` names; nothing else happens here.
 """
 import logging
+import os
 import sys
 
 from absl import app
 from ml_collections import config_flags
 
-from lladax import jobs
+from lladax import jobs, sharding
 from lladax.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe file from configs/.')
@@ -22,6 +23,16 @@ def _quiet_libraries():
                       not any(n in r.pathname for n in noisy))
 
 
+def _join_other_processes():
+  """Multi-host jobs meet before anything touches devices. TPU VMs and SLURM are found by JAX;
+  launch/gpu.sh ssh passes JAX_COORDINATOR_ADDRESS, LLADAX_NUM_PROCESSES, LLADAX_PROCESS_ID."""
+  count, index = os.environ.get('LLADAX_NUM_PROCESSES'), os.environ.get('LLADAX_PROCESS_ID')
+  if count and index:
+    sharding.multihost_init(os.environ.get('JAX_COORDINATOR_ADDRESS'), int(count), int(index))
+  else:
+    sharding.multihost_init()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; settings go as --config.a.b=value')
@@ -29,6 +40,7 @@ def main(argv):
     raise app.UsageError('pass a recipe: --config configs/demo.py')
   logging.getLogger().setLevel(logging.INFO)
   _quiet_libraries()
+  _join_other_processes()
   try:
     jobs.run(_CONFIG.value)
   except ConfigError as e:

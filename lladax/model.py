@@ -5,7 +5,9 @@ Block (LLaDALlamaBlock):  x += attn_out(Attn(RoPE(q_proj h), RoPE(k_proj h), v_p
 Attention is bidirectional and restricted to each token's segment.
 
 Every parameter carries `logical_axes` metadata ('vocab', 'embed', 'heads', 'kv_heads',
-'head_dim', 'mlp', 'layers', 'norm'), so sharding is a rule table (lladax/sharding.py).
+'head_dim', 'mlp', 'layers', 'norm'), so sharding is a rule table (lladax/sharding.py);
+activations are pinned to the same table at block boundaries (sharding.constrain, a no-op
+without an ambient mesh).
 Block parameters are stacked on a leading 'layers' axis and run under jax.lax.scan.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lladax import remat
+from lladax import sharding
 from lladax import rope as rope_lib
 from lladax.attention import attention
 from lladax.model_config import DTYPES, ModelConfig
@@ -78,19 +81,24 @@ def block(p: dict, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
   """One LLaDA block on x [B, T, D] with this layer's parameters `p` (no 'layers' axis)."""
   dt = x.dtype
   w = {k: v.astype(dt) for k, v in p.items()}
+  x = sharding.constrain(x, sharding.RESIDUAL)
   h = rms_norm(x, w['attn_norm'], cfg.rms_norm_eps)
   q = checkpoint_name(jnp.einsum('btd,dhk->bthk', h, w['q_proj']), 'query_proj')
   k = checkpoint_name(jnp.einsum('btd,dhk->bthk', h, w['k_proj']), 'key_proj')
   v = checkpoint_name(jnp.einsum('btd,dhk->bthk', h, w['v_proj']), 'value_proj')
   q = rope_lib.apply(q, positions, cfg.rope)
   k = rope_lib.apply(k, positions, cfg.rope)
+  q = sharding.constrain(q, sharding.QUERY)
+  k = sharding.constrain(k, sharding.KEY_VALUE)
+  v = sharding.constrain(v, sharding.KEY_VALUE)
   o = attention(q, k, v, segment_ids, kernel=cfg.attention_kernel)
-  o = checkpoint_name(o, 'context')
+  o = checkpoint_name(sharding.constrain(o, sharding.QUERY), 'context')
   x = x + jnp.einsum('bthk,hkd->btd', o, w['attn_out'])
   h = rms_norm(x, w['ff_norm'], cfg.rms_norm_eps)
   gate = jnp.einsum('btd,df->btf', h, w['ff_proj'])
   up = jnp.einsum('btd,df->btf', h, w['up_proj'])
-  return x + jnp.einsum('btf,fd->btd', jax.nn.silu(gate) * up, w['ff_out'])
+  x = x + jnp.einsum('btf,fd->btd', jax.nn.silu(gate) * up, w['ff_out'])
+  return sharding.constrain(x, sharding.RESIDUAL)
 
 
 class LLaDA(nnx.Module):
@@ -117,10 +125,20 @@ class LLaDA(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     if segment_ids is None:
       segment_ids = jnp.ones(tokens.shape, jnp.int32)
+    positions = sharding.constrain(positions, sharding.TOKENS)
+    segment_ids = sharding.constrain(segment_ids, sharding.TOKENS)
     x = jnp.take(self.wte[...], tokens, axis=0).astype(DTYPES[cfg.dtype])
+    x = sharding.constrain(x, sharding.RESIDUAL)
     params = {name: getattr(self.blocks, name)[...] for name in BLOCK_PARAMS}
-    step = remat.wrap(lambda x, p: (block(p, x, positions, segment_ids, cfg), None),
-                      cfg.remat_policy)
+
+    def layer(x, p):
+      # Tie the per-token inputs to the layer input. Otherwise autodiff of the scan hoists all
+      # that depends on them alone out of the loop and keeps it, e.g. an attention kernel's
+      # per-tile segment masks for the whole sequence (O(T^2) memory: 1.4 TB per chip at 128K).
+      pos, seg, x = jax.lax.optimization_barrier((positions, segment_ids, x))
+      return block(p, x, pos, seg, cfg), None
+
+    step = remat.wrap(layer, cfg.remat_policy)
     if cfg.scan_layers:
       x, _ = jax.lax.scan(step, x, params)
     else:
@@ -130,8 +148,9 @@ class LLaDA(nnx.Module):
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     head = self.wte[...].T if self.cfg.weight_tying else self.lm_head[...]
-    return jnp.einsum('btd,dv->btv', hidden, head.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum('btd,dv->btv', hidden, head.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    return sharding.constrain(logits, sharding.LOGITS)
 
   def __call__(self, tokens, positions=None, segment_ids=None) -> jax.Array:
     return self.logits(self.hidden(tokens, positions, segment_ids))

@@ -63,5 +63,11 @@ def tiny_model(**overrides) -> ml_collections.ConfigDict:
   return section(ModelConfig, **shape)
 
 
+def pipeline_config():
+  """The Grain pipeline's settings class (imported here so recipes need not know the module)."""
+  from lladax.data import pipeline  # pylint: disable=import-outside-toplevel
+  return pipeline.PipelineConfig
+
+
 def byte_tokenizer() -> ml_collections.ConfigDict:
   return section(tokenizers.TokenizerConfig, kind='bytes')

@@ -1,23 +1,28 @@
-"""The single-host training loop: masked-diffusion loss, AdamW, jit, progress and a final checkpoint."""
+"""The train job: LLaDA's masked-diffusion objective on a device mesh, resumable.
+
+One loop serves a laptop and a pod: the mesh (config.mesh) is one device on a CPU and
+data x fsdp x context x tensor on a pod. Parameters and AdamW state are initialised straight into
+their shardings (or loaded from config.checkpoint for post-training); each step is the sharded
+update of lladax/train_step.py; orbax checkpoints (every config.train.checkpoint_every steps, at
+the end, and on SIGTERM) hold parameters, optimizer state and the data iterator, so a killed and
+restarted run continues with exactly the losses it would have had.
+"""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm import tqdm
 
-from lladax import checkpoint, diffusion, model as model_lib, model_config, optimizer
+from lladax import (checkpoint, diffusion, flops, metrics as metrics_lib, model as model_lib,
+                    model_config, optimizer, sharding, train_checkpoint, train_data, train_step)
 from lladax.config import ConfigError, choice, from_section
-from lladax.data import simple, tokenizers
+from lladax.data import global_batch, simple, tokenizers
 
 OBJECTIVES = ('pretrain', 'sft')
 
@@ -30,34 +35,24 @@ class TrainConfig:
   mask_eps: float = diffusion.EPS
   save: bool = True             # write the final model to <workdir>/model
   init: str = 'scratch'         # scratch | checkpoint (post-training: config.checkpoint required)
+  checkpoint_every: int = 100   # training checkpoints in <workdir>/checkpoints (resume from there)
+  keep_checkpoints: int = 3
+  on_nan: str = 'stop'          # a non-finite loss or gradient: stop (naming the step) | skip the step
+  eval_every: int = 0           # validation loss every N steps on held-out batches; 0: never
+  eval_batches: int = 4
+  tensorboard: bool = True      # event files in <workdir>/tensorboard beside metrics.jsonl
 
   def __post_init__(self):
     choice(self.objective, OBJECTIVES, 'config.train.objective')
     choice(self.init, ('scratch', 'checkpoint'), 'config.train.init')
+    choice(self.on_nan, ('stop', 'skip'), 'config.train.on_nan')
+    for name in ('checkpoint_every', 'keep_checkpoints', 'eval_batches'):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f'config.train.{name} must be positive.')
     if self.steps <= 0:
       raise ConfigError('config.train.steps must be positive.')
     if self.log_every <= 0:
       raise ConfigError('config.train.log_every must be positive.')
-
-
-def make_step(graphdef, tx: optax.GradientTransformation, mask_id: int, eps: float, sft: bool):
-  """A jitted (params, opt_state, batch, key) -> (params, opt_state, metrics) update."""
-
-  def loss_fn(params, batch, key):
-    model = nnx.merge(graphdef, params)
-    real = batch['segment_ids'] > 0
-    maskable = real & ~batch['prompt_mask']
-    noisy, masked, p = diffusion.forward_mask(key, batch['tokens'], mask_id, maskable, eps)
-    logits = model(noisy, batch['positions'], batch['segment_ids'])
-    return diffusion.loss(logits, batch['tokens'], masked, p, real, maskable if sft else None)
-
-  def step(params, opt_state, batch, key):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    metrics['grad_norm'] = optax.global_norm(grads)
-    return optax.apply_updates(params, updates), opt_state, metrics
-
-  return jax.jit(step, donate_argnums=(0, 1))
 
 
 def check_vocab(mcfg: model_config.ModelConfig, tokenizer) -> None:
@@ -98,44 +93,28 @@ def initial_model(config, mcfg: model_config.ModelConfig) -> model_lib.LLaDA:
   return model
 
 
-def fit(step_fn, params, opt_state, data, tcfg: TrainConfig, schedule, seed: int,
-        log_path: str | None):
-  """Runs tcfg.steps updates with a progress bar; logs window means to the console and log_path."""
-  base_key = jax.random.key(seed)
-  history, window = [], []  # window: metrics since the last log (the loss is noisy per batch)
-  slots = 0
-  with contextlib.ExitStack() as stack:
-    log = stack.enter_context(open(log_path, 'w')) if log_path else None
-    bar = stack.enter_context(tqdm(range(tcfg.steps), desc='train', unit='step',
-                                   dynamic_ncols=True))
-    start = time.perf_counter()
-    for step in bar:
-      batch = jax.tree.map(jnp.asarray, next(data))
-      params, opt_state, metrics = step_fn(params, opt_state, batch,
-                                           jax.random.fold_in(base_key, step))
-      window.append(metrics)
-      slots += int(np.prod(batch['tokens'].shape))
-      if (step + 1) % tcfg.log_every and step + 1 != tcfg.steps:
-        continue
-      record = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
-      window = []
-      record.update(step=step + 1, learning_rate=float(schedule(step)),
-                    tokens_per_second=slots / (time.perf_counter() - start))
-      if not np.isfinite(record['loss']):
-        raise FloatingPointError(f'loss is {record["loss"]} at step {step + 1}; lower '
-                                 'config.optim.learning_rate or check the data.')
-      history.append(record)
-      bar.set_postfix(loss=f'{record["loss"]:.3f}', acc=f'{record["masked_accuracy"]:.2f}',
-                      lr=f'{record["learning_rate"]:.2g}',
-                      tok_s=f'{record["tokens_per_second"]:.0f}')
-      if log:
-        log.write(json.dumps(record) + '\n')
-        log.flush()
-  return params, history
+class Window:
+  """Metrics since the last log line: the diffusion loss is noisy batch to batch, so logs show
+  the mean of each interval."""
+
+  def __init__(self):
+    self.metrics, self.tokens, self.start = [], 0, time.perf_counter()
+
+  def add(self, metrics: dict, tokens: int) -> None:
+    self.metrics.append(metrics)
+    self.tokens += tokens
+
+  def summary(self) -> dict:
+    out = {k: float(np.mean([float(m[k]) for m in self.metrics])) for k in self.metrics[0]}
+    elapsed = time.perf_counter() - self.start
+    out.update(tokens_per_second=self.tokens / elapsed, step_time=elapsed / len(self.metrics))
+    self.__init__()
+    return out
 
 
 def run(config) -> dict:
-  """Trains on `config.data`, from scratch or from `config.checkpoint`; saves to the workdir.
+  """Trains on `config.data` from scratch or `config.checkpoint`, resuming from the workdir's
+  newest training checkpoint when there is one.
 
   Returns {'model', 'history' (one record per log interval), 'model_dir', 'tokenizer'}.
   """
@@ -143,35 +122,134 @@ def run(config) -> dict:
   tcfg = from_section(TrainConfig, config.train, 'config.train')
   ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
   dcfg = from_section(simple.DataConfig, config.data, 'config.data')
+  mesh_cfg = sharding.from_config(config)
   if tcfg.init == 'checkpoint' and not config.checkpoint:
     raise ConfigError("config.train.init='checkpoint' needs config.checkpoint, the model folder "
                       'to post-train (convert a Hugging Face checkpoint with configs/convert.py).')
+  step_cfg = from_section(train_step.StepConfig, config.get('step'), 'config.step')
+  if dcfg.batch_size % step_cfg.microbatches:
+    raise ConfigError(f'config.data.batch_size={dcfg.batch_size} does not split into '
+                      f'config.step.microbatches={step_cfg.microbatches}; make it a multiple.')
   meta = checkpoint.read_config(config.checkpoint)[1] if config.checkpoint else None
   tok_cfg = from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer')
   tok = tokenizers.load(tok_cfg, meta)
   check_vocab(mcfg, tok)
-  check_fits_one_device(mcfg)
-  data = simple.batches(dcfg, tok, config.seed, eos_id=mcfg.eos_token_id,
-                        bos_id=mcfg.bos_token_id)
-  model = initial_model(config, mcfg)
-  mcfg = model.cfg
-  graphdef, params = nnx.split(model, nnx.Param)
+  mesh = sharding.make_mesh(mesh_cfg)
+  if mesh.size == 1:
+    check_fits_one_device(mcfg)
+  rules = mesh_cfg.rules
+  batch_sh = train_step.batch_sharding(mesh, (dcfg.batch_size, dcfg.seq_len), rules)
+  index, count = global_batch.data_shard(mesh, batch_sh.spec)
+  open_data = lambda held_out=False: train_data.open_batches(
+      config, dcfg, tok, mcfg, rows=dcfg.batch_size // count, process_index=index,
+      process_count=count, held_out=held_out)
+  data = open_data()
+  eval_data = open_data(held_out=True) if tcfg.eval_every else None
+
   tx = optimizer.adamw(ocfg)
-  step_fn = make_step(graphdef, tx, mcfg.mask_token_id, tcfg.mask_eps, tcfg.objective == 'sft')
-  logging.info('training %s parameters for %d steps on %s', f'{mcfg.num_params():,}',
-               tcfg.steps, dcfg.source)
+  if config.checkpoint:
+    model = initial_model(config, mcfg)
+    mcfg = model.cfg
+    param_sh, opt_sh = train_step.state_shardings(mcfg, tx, mesh, rules)
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = jax.device_put(params, param_sh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  else:
+    param_sh, opt_sh = train_step.state_shardings(mcfg, tx, mesh, rules)
+    graphdef, params, opt_state = train_step.init_sharded(mcfg, tx, mesh, rules, config.seed)
+  sft = tcfg.objective == 'sft'
+  step_fn = train_step.sharded_update(
+      graphdef, tx, mesh, param_sh, opt_sh, batch_sh, rules, mask_id=mcfg.mask_token_id,
+      eps=tcfg.mask_eps, sft=sft, step_cfg=step_cfg, skip_nonfinite=tcfg.on_nan == 'skip')
+  eval_fn = train_step.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
+                                    mask_id=mcfg.mask_token_id, eps=tcfg.mask_eps, sft=sft)
+
   workdir = config.get('workdir') or ''
+  ckpts = None
+  start = 0
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-  params, history = fit(step_fn, params, tx.init(params), data, tcfg,
-                        optimizer.learning_rate(ocfg), config.seed,
-                        os.path.join(workdir, 'metrics.jsonl') if workdir else None)
+    ckpts = train_checkpoint.TrainCheckpoints(
+        os.path.join(workdir, 'checkpoints'),
+        train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints),
+        {'model': dataclasses.asdict(mcfg), 'seed': config.seed, 'data': config.data.to_dict(),
+         'objective': tcfg.objective})
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          {'params': params, 'opt_state': opt_state})
+    restored = ckpts.restore_latest(target)
+    if restored:
+      start, state, data_state = restored
+      params, opt_state = state['params'], state['opt_state']
+      if data_state:
+        data.set_state(data_state)
+  logging.info('training %s parameters on a %s mesh for steps %d..%d (%s)',
+               f'{mcfg.num_params():,}', dict(mesh.shape), start + 1, tcfg.steps, dcfg.source)
+
+  schedule = optimizer.learning_rate(ocfg)
+  flops_per_step = flops.train_per_token(mcfg, dcfg.seq_len) * dcfg.batch_size * dcfg.seq_len
+  peak = flops.peak_flops(jax.devices()[0])
+  base_key = jax.random.key(config.seed)
+  writer = metrics_lib.MetricsWriter(workdir, tcfg.tensorboard)
+  preempted = train_checkpoint.Preemption()
+  history, window = [], Window()
+  step = start
+  try:
+    with tqdm(range(start, tcfg.steps), desc='train', unit='step', dynamic_ncols=True,
+              initial=start, total=tcfg.steps) as bar:
+      for step in bar:
+        batch = global_batch.global_batch(next(data), mesh, batch_sh.spec)
+        params, opt_state, metrics = step_fn(params, opt_state, batch,
+                                             jax.random.fold_in(base_key, step))
+        window.add(metrics, dcfg.batch_size * dcfg.seq_len)
+        done = step + 1
+        if tcfg.on_nan == 'stop' and not np.isfinite(float(metrics['loss'])):
+          raise FloatingPointError(
+              f'the loss is {float(metrics["loss"])} at step {done} (gradient norm '
+              f'{float(metrics["grad_norm"])}); lower config.optim.learning_rate, check the data, '
+              "or set config.train.on_nan='skip'.")
+        if done % tcfg.log_every == 0 or done == tcfg.steps:
+          record = window.summary()
+          record.update(step=done, learning_rate=float(schedule(step)))
+          if peak:
+            record['mfu'] = flops_per_step / record['step_time'] / (peak * mesh.size)
+          if tcfg.eval_every and done % tcfg.eval_every == 0:
+            record.update(evaluate(eval_fn, params, eval_data, mesh, batch_sh, base_key, done,
+                                   tcfg.eval_batches))
+          history.append(record)
+          writer.write(done, {k: v for k, v in record.items() if k != 'step'})
+          bar.set_postfix(loss=f'{record["loss"]:.3f}', acc=f'{record["masked_accuracy"]:.2f}',
+                          lr=f'{record["learning_rate"]:.2g}',
+                          tok_s=f'{record["tokens_per_second"]:.0f}')
+        stop = preempted.reached(done)
+        if ckpts and (done % tcfg.checkpoint_every == 0 or done == tcfg.steps or stop):
+          ckpts.save(done, {'params': params, 'opt_state': opt_state}, data.get_state())
+        if stop:
+          logging.warning('stopped at step %d for preemption; rerun the same command to resume',
+                          done)
+          break
+  finally:
+    preempted.close()
+    writer.close()
+    data.close()
+    if ckpts:
+      ckpts.close()
   model = nnx.merge(graphdef, params)
   model_dir = None
-  if workdir and tcfg.save:
+  if workdir and tcfg.save and step + 1 == tcfg.steps:
     # Keep what the source checkpoint recorded (its Hugging Face config.json, for export).
     extra = {**(meta or {}), 'tokenizer': (meta or {}).get('tokenizer') or
              dataclasses.asdict(tok_cfg)}
     model_dir = checkpoint.save_model(os.path.join(workdir, 'model'), model, extra)
     logging.info('saved the model to %s', model_dir)
   return {'model': model, 'history': history, 'model_dir': model_dir, 'tokenizer': tok}
+
+
+def evaluate(eval_fn, params, data, mesh, batch_sh, base_key, step: int, batches: int) -> dict:
+  """Mean validation metrics over `batches` held-out batches, noised reproducibly per step."""
+  got = []
+  for i in range(batches):
+    batch = global_batch.global_batch(next(data), mesh, batch_sh.spec)
+    # A stream of its own (training uses fold_in(base_key, step) for step < 2**31 - 1).
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base_key, 2**31 - 1), step), i)
+    got.append(eval_fn(params, batch, key))
+  return {f'eval_{k}': float(np.mean([float(g[k]) for g in got])) for k in ('loss',
+                                                                            'masked_accuracy')}

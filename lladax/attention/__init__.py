@@ -10,22 +10,28 @@ from typing import Callable
 
 import jax
 
-from lladax.attention import reference
+from lladax.attention import all_gather, blockwise, reference, ring, splash
 
-# name -> fn(q, k, v, q_segment_ids, kv_segment_ids, *, scale) -> out
+# name -> fn(q, k, v, q_segment_ids, kv_segment_ids, *, scale, **options) -> out
 KERNELS: dict[str, Callable] = {
-    'reference': reference.attention,
+    'reference': reference.attention,     # dense O(T*S) oracle, for tests and short sequences
+    'blockwise': blockwise.attention,     # flash-style XLA, any backend; block_q, block_kv
+    'ring': ring.attention,               # ring over `context`; block_q, block_kv, step_kernel
+    'all_gather': all_gather.attention,   # K/V gathered over `context`; inner, block sizes
+    'splash': splash.attention,           # Pallas TPU (interpret elsewhere); block_q, block_kv,
+                                          # interpret
 }
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
               kv_segment_ids: jax.Array | None = None, *, kernel: str = 'reference',
-              scale: float | None = None) -> jax.Array:
+              scale: float | None = None, **options) -> jax.Array:
   """Bidirectional multi-head attention over packed sequences.
 
   q: [B, T, H, D]; k, v: [B, S, KH, D] with H % KH == 0 (grouped-query attention when KH < H).
   q_segment_ids: [B, T] int, 1..n per document and 0 for padding; kv_segment_ids: [B, S]
   (defaults to q_segment_ids, the self-attention case).
+  options: settings of the chosen kernel (block sizes and the like; see KERNELS).
   """
   if kernel not in KERNELS:
     raise ValueError(f'unknown attention kernel {kernel!r}; available: {", ".join(sorted(KERNELS))}')
@@ -35,4 +41,4 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
     kv_segment_ids = q_segment_ids
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
-  return KERNELS[kernel](q, k, v, q_segment_ids, kv_segment_ids, scale=scale)
+  return KERNELS[kernel](q, k, v, q_segment_ids, kv_segment_ids, scale=scale, **options)

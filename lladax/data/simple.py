@@ -18,12 +18,13 @@ import numpy as np
 from lladax.config import ConfigError, choice
 from lladax.data import retrieval
 
-SOURCES = ('retrieval', 'text_files')
+SOURCES = ('retrieval', 'text_files', 'pipeline')
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = 'retrieval'   # retrieval | text_files
+  source: str = 'retrieval'   # retrieval | text_files | pipeline (the Grain pipeline of
+                              # config.pipeline; lladax/train_data.py)
   path: str = ''              # text_files: a glob; '{stdlib}' expands to Python's library folder
   seq_len: int = 64           # tokens per row
   batch_size: int = 32        # rows per step

@@ -1,0 +1,233 @@
+"""Flash-style attention in plain XLA: online softmax over key blocks, memory linear in length.
+
+Runs on any backend. The forward pass walks query blocks (outer) and key blocks (inner), keeping
+a running max, denominator and output per query row; only one [block_q, block_kv] tile of logits
+per head exists at a time. The backward pass (flash-attention-2 style) recomputes each tile from
+the saved q, k, v and the row log-sum-exp instead of storing probabilities.
+
+A query row that sees no key (padding, or no key of its segment in this chunk) gets out = 0 and
+lse = -inf, and contributes nothing to any gradient; no NaN is produced on the way. Tile pairs
+with no visible pair are skipped at run time, which pays off for many short packed documents.
+
+`attention_with_lse` and `attention_grads` are the chunk-level pieces the ring kernel reuses: the
+forward of one query chunk against one key chunk, and that chunk pair's gradients given the
+row statistics of the whole (merged) attention.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+F32 = jnp.float32
+BLOCK_Q = 512    # query rows per tile
+BLOCK_KV = 512   # keys per tile
+
+
+def _slice(x: jax.Array, i, size: int) -> jax.Array:
+  """Block i (of `size` positions) along the length axis 1, without copying the rest."""
+  return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=1)
+
+
+def _add_slice(x: jax.Array, i, size: int, update: jax.Array) -> jax.Array:
+  """x with `update` added to block i along axis 1 (in place inside a loop)."""
+  return jax.lax.dynamic_update_slice_in_dim(x, _slice(x, i, size) + update, i * size, axis=1)
+
+
+def _pad(x: jax.Array, length: int) -> jax.Array:
+  if x.shape[1] == length:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[1] = (0, length - x.shape[1])
+  return jnp.pad(x, widths)   # zeros: padded segment ids are 0, so padded rows and keys are inert
+
+
+def _tiling(length: int, block: int) -> tuple[int, int]:
+  """(block, count) covering `length`; a sequence shorter than the block is one block."""
+  if block <= 0:
+    raise ValueError(f'attention tile size {block} is not positive; pass block_q and block_kv '
+                     'of at least 1 (512 is the default).')
+  block = min(block, length)
+  return block, -(-length // block)
+
+
+def _visible(q_seg: jax.Array, kv_seg: jax.Array) -> jax.Array:
+  """[B, 1, 1, bq, bk]: same segment, and the key is not padding (broadcasts over heads)."""
+  same = (q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg[:, None, :] != 0)
+  return same[:, None, None]
+
+
+def _logits(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
+  """q [B, bq, KH, G, D], k [B, bk, KH, D] -> [B, KH, G, bq, bk] float32."""
+  return jnp.einsum('bqkgd,bskd->bkgqs', q, k, preferred_element_type=F32) * scale
+
+
+def _grouped(q: jax.Array, kv_heads: int) -> jax.Array:
+  b, t, h, d = q.shape
+  return q.reshape(b, t, kv_heads, h // kv_heads, d)
+
+
+def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
+                    kv_segment_ids: jax.Array, *, scale: float) -> tuple[jax.Array, jax.Array]:
+  """One query chunk against one key chunk, densely: (out [B,T,H,D] float32, lse [B,T,H] float32).
+
+  Memory is O(T*S) per head; use `attention_with_lse` for long chunks.
+  """
+  out, lse = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
+                                block_q=q.shape[1], block_kv=k.shape[1])
+  return out, lse
+
+
+def attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
+                       kv_segment_ids: jax.Array, *, scale: float, block_q: int = BLOCK_Q,
+                       block_kv: int = BLOCK_KV,
+                       out_dtype=F32) -> tuple[jax.Array, jax.Array]:
+  """Attention of a query chunk over a key chunk, with its row log-sum-exp.
+
+  q [B, T, H, D], k/v [B, S, KH, D]. Returns out [B, T, H, D] in out_dtype (softmax-normalised
+  within this chunk; float32 by default, for merging) and lse [B, T, H] float32 (-inf, with
+  out = 0, where a row sees no key).
+  """
+  b, t, h, d = q.shape
+  s, kh = k.shape[1], k.shape[2]
+  g = h // kh
+  bq, nq = _tiling(t, block_q)
+  bk, nk = _tiling(s, block_kv)
+  q, q_seg = _grouped(_pad(q, bq * nq), kh), _pad(q_segment_ids, bq * nq)
+  k, v, kv_seg = _pad(k, bk * nk), _pad(v, bk * nk), _pad(kv_segment_ids, bk * nk)
+
+  def q_block(i, outputs):
+    q_i, qs_i = _slice(q, i, bq), _slice(q_seg, i, bq)
+
+    def kv_step(j, carry):
+      k_j, v_j, ks_j = _slice(k, j, bk), _slice(v, j, bk), _slice(kv_seg, j, bk)
+      visible = _visible(qs_i, ks_j)
+
+      def tile(carry):
+        m, l, acc = carry
+        logits = jnp.where(visible, _logits(q_i, k_j, scale), -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)   # keeps exp(-inf - -inf) out
+        p = jnp.exp(logits - m_safe[..., None])
+        alpha = jnp.exp(m - m_safe)
+        l = alpha * l + jnp.sum(p, axis=-1)
+        pv = jnp.einsum('bkgqs,bskd->bkgqd', p.astype(v_j.dtype), v_j, preferred_element_type=F32)
+        return m_new, l, alpha[..., None] * acc + pv
+
+      return jax.lax.cond(jnp.any(visible), tile, lambda c: c, carry)
+
+    m0 = jnp.full((b, kh, g, bq), -jnp.inf, F32)
+    init = (m0, jnp.zeros((b, kh, g, bq), F32), jnp.zeros((b, kh, g, bq, d), F32))
+    m, l, acc = jax.lax.fori_loop(0, nk, kv_step, init)
+    seen = l > 0
+    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
+    out = acc / jnp.where(seen, l, 1.0)[..., None]
+    # [B, KH, G, bq, D] -> [B, bq, KH*G, D]; lse [B, KH, G, bq] -> [B, bq, KH*G]
+    out_all, lse_all = outputs
+    out_all = jax.lax.dynamic_update_slice_in_dim(
+        out_all, jnp.moveaxis(out, 3, 1).reshape(b, bq, h, d).astype(out_dtype), i * bq, axis=1)
+    lse_all = jax.lax.dynamic_update_slice_in_dim(
+        lse_all, jnp.moveaxis(lse, 3, 1).reshape(b, bq, h), i * bq, axis=1)
+    return out_all, lse_all
+
+  init = (jnp.zeros((b, bq * nq, h, d), out_dtype), jnp.zeros((b, bq * nq, h), F32))
+  out, lse = jax.lax.fori_loop(0, nq, q_block, init)
+  return out[:, :t], lse[:, :t]
+
+
+def attention_grads(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
+                    kv_segment_ids: jax.Array, lse: jax.Array, delta: jax.Array, dout: jax.Array,
+                    *, scale: float, block_q: int = BLOCK_Q, block_kv: int = BLOCK_KV,
+                    dkv_dtype=F32) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Gradients of one query chunk against one key chunk: (dq float32, dk, dv in dkv_dtype).
+
+  lse [B, T, H] is the log-sum-exp of each row over *all* keys it attends (in a ring: over every
+  chunk), delta [B, T, H] = sum(dout * out, -1) with `out` the final output, so the chunk pairs'
+  gradients add up to the exact gradient. Rows with lse = -inf contribute nothing. Each key
+  block's gradient is summed in float32 and written once, so dkv_dtype may be the keys' own
+  dtype unless the caller keeps adding to it (as the ring does).
+  """
+  b, t, h, d = q.shape
+  s, kh = k.shape[1], k.shape[2]
+  g = h // kh
+  bq, nq = _tiling(t, block_q)
+  bk, nk = _tiling(s, block_kv)
+
+  def rows(x):   # [B, T, H] -> [B, KH, G, Tp], the layout of a tile's row statistics
+    return jnp.moveaxis(_pad(x.astype(F32), bq * nq).reshape(b, bq * nq, kh, g), 1, 3)
+
+  q, do = _grouped(_pad(q, bq * nq), kh), _grouped(_pad(dout, bq * nq), kh)
+  q_seg = _pad(q_segment_ids, bq * nq)
+  lse, delta = rows(jnp.where(jnp.isfinite(lse), lse, 0.0)), rows(delta)
+  k, v, kv_seg = _pad(k, bk * nk), _pad(v, bk * nk), _pad(kv_segment_ids, bk * nk)
+
+  def kv_block(j, grads):
+    k_j, v_j, ks_j = _slice(k, j, bk), _slice(v, j, bk), _slice(kv_seg, j, bk)
+
+    def q_step(i, carry):
+      q_i, do_i, qs_i = _slice(q, i, bq), _slice(do, i, bq), _slice(q_seg, i, bq)
+      lse_i = jax.lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
+      delta_i = jax.lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=3)
+      visible = _visible(qs_i, ks_j)
+
+      def tile(carry):
+        dq, dk, dv = carry
+        logits = _logits(q_i, k_j, scale)
+        # Masked entries may overflow exp; `where` drops them, and nothing here is differentiated.
+        p = jnp.where(visible, jnp.exp(logits - lse_i[..., None]), 0.0)
+        dv = dv + jnp.einsum('bkgqs,bqkgd->bskd', p.astype(do_i.dtype), do_i,
+                             preferred_element_type=F32)
+        dp = jnp.einsum('bqkgd,bskd->bkgqs', do_i, v_j, preferred_element_type=F32)
+        ds = p * (dp - delta_i[..., None]) * scale
+        dq = _add_slice(dq, i, bq, jnp.einsum('bkgqs,bskd->bqkgd', ds.astype(k_j.dtype), k_j,
+                                              preferred_element_type=F32))
+        dk = dk + jnp.einsum('bkgqs,bqkgd->bskd', ds.astype(q_i.dtype), q_i,
+                             preferred_element_type=F32)
+        return dq, dk, dv
+
+      return jax.lax.cond(jnp.any(visible), tile, lambda c: c, carry)
+
+    dq, dk_all, dv_all = grads
+    zeros = jnp.zeros((b, bk, kh, d), F32)
+    dq, dk, dv = jax.lax.fori_loop(0, nq, q_step, (dq, zeros, zeros))
+    dk_all = jax.lax.dynamic_update_slice_in_dim(dk_all, dk.astype(dkv_dtype), j * bk, axis=1)
+    dv_all = jax.lax.dynamic_update_slice_in_dim(dv_all, dv.astype(dkv_dtype), j * bk, axis=1)
+    return dq, dk_all, dv_all
+
+  init = (jnp.zeros(q.shape, F32), jnp.zeros(k.shape, dkv_dtype), jnp.zeros(v.shape, dkv_dtype))
+  dq, dk, dv = jax.lax.fori_loop(0, nk, kv_block, init)
+  return dq[:, :t].reshape(b, t, h, d), dk[:, :s], dv[:, :s]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block_q, block_kv):
+  out, _ = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
+                              block_q=block_q, block_kv=block_kv, out_dtype=q.dtype)
+  return out
+
+
+def _attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, scale, block_q, block_kv):
+  out, lse = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
+                                block_q=block_q, block_kv=block_kv, out_dtype=q.dtype)
+  return out, (q, k, v, q_segment_ids, kv_segment_ids, out, lse)
+
+
+def _attention_bwd(scale, block_q, block_kv, res, dout):
+  q, k, v, q_segment_ids, kv_segment_ids, out, lse = res
+  delta = jnp.sum(dout.astype(F32) * out.astype(F32), axis=-1)
+  dq, dk, dv = attention_grads(q, k, v, q_segment_ids, kv_segment_ids, lse, delta, dout,
+                               scale=scale, block_q=block_q, block_kv=block_kv,
+                               dkv_dtype=k.dtype)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
+              kv_segment_ids: jax.Array, *, scale: float, block_q: int = BLOCK_Q,
+              block_kv: int = BLOCK_KV) -> jax.Array:
+  """The `blockwise` kernel: q [B,T,H,D], k/v [B,S,KH,D] -> [B,T,H,D] in q.dtype."""
+  return _attention(q, k, v, q_segment_ids, kv_segment_ids, float(scale), int(block_q),
+                    int(block_kv))
