@@ -194,17 +194,28 @@ def read_config(path: str) -> tuple[ModelConfig, dict]:
   return from_section(ModelConfig, meta.pop('model'), f'{file}: model'), meta
 
 
-def load_model(path: str, **overrides) -> tuple[model_lib.LLaDA, dict]:
+def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA, dict]:
   """The model stored at `path`, ready for logits, likelihood and sampling.
 
   `overrides` replace ModelConfig fields that do not change parameter shapes (dtype,
   param_dtype, attention_kernel, rope_theta, ...), e.g. to apply a training-free RoPE rule at
   evaluation: load_model(path, rope_theta=4 * theta) is LongLLaDA's scaling by 4.
+  `shardings` (a function from the model's ModelConfig to the parameter shardings, e.g.
+  from train_step.state_shardings) restores every tensor directly into its place on the mesh,
+  so no host ever holds the whole model.
   """
   cfg, meta = read_config(path)
   cfg = dataclasses.replace(cfg, **overrides)
   abstract = model_lib.abstract(cfg)
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+  if shardings is not None:
+    leaves, treedef = jax.tree.flatten(abstract_params)
+    places = jax.tree.leaves(shardings(cfg),
+                             is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    if len(places) != len(leaves):
+      raise ValueError(f'{len(places)} shardings for {len(leaves)} parameters')
+    abstract_params = jax.tree.unflatten(treedef, [
+        jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) for a, s in zip(leaves, places)])
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(os.path.abspath(path), PARAMS_DIR), abstract_params)
   return nnx.merge(graphdef, params, rest), meta

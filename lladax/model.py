@@ -91,7 +91,7 @@ def block(p: dict, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
   q = sharding.constrain(q, sharding.QUERY)
   k = sharding.constrain(k, sharding.KEY_VALUE)
   v = sharding.constrain(v, sharding.KEY_VALUE)
-  o = attention(q, k, v, segment_ids, kernel=cfg.attention_kernel)
+  o = attention(q, k, v, segment_ids, kernel=cfg.attention_kernel, **cfg.attention_kwargs)
   o = checkpoint_name(sharding.constrain(o, sharding.QUERY), 'context')
   x = x + jnp.einsum('bthk,hkd->btd', o, w['attn_out'])
   h = rms_norm(x, w['ff_norm'], cfg.rms_norm_eps)

@@ -38,6 +38,8 @@ class ModelConfig:
   remat_policy: str = 'full'        # what the scanned block keeps for the backward pass
   scan_layers: bool = True          # False unrolls the layers (for cost analysis cross-checks)
   attention_kernel: str = 'reference'
+  attention_options: tuple[str, ...] = ()  # the kernel's settings as 'name=value', e.g.
+                                           # ('block_q=1024', 'step_kernel=splash') for ring
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'mlp_hidden_size',
@@ -64,6 +66,22 @@ class ModelConfig:
     choice(self.dtype, DTYPES, 'config.model.dtype')
     choice(self.remat_policy, REMAT_POLICIES, 'config.model.remat_policy')
     choice(self.attention_kernel, tuple(KERNELS), 'config.model.attention_kernel')
+    for option in self.attention_options:
+      if '=' not in option:
+        raise ConfigError(f"config.model.attention_options entry {option!r} is not 'name=value'.")
+
+  @property
+  def attention_kwargs(self) -> dict:
+    """attention_options as keyword arguments: integers and booleans parsed, the rest strings."""
+    out = {}
+    for option in self.attention_options:
+      name, value = option.split('=', 1)
+      if value.lstrip('-').isdigit():
+        value = int(value)
+      elif value in ('True', 'False', 'true', 'false'):
+        value = value.lower() == 'true'
+      out[name.strip()] = value
+    return out
 
   @property
   def head_dim(self) -> int:
@@ -118,7 +136,8 @@ def resolve_rope(model: ModelConfig, rope: RopeConfig) -> ModelConfig:
 
 
 # Fields a recipe may change on a saved model: how it computes, never its shape.
-COMPUTE_FIELDS = ('param_dtype', 'dtype', 'remat_policy', 'scan_layers', 'attention_kernel')
+COMPUTE_FIELDS = ('param_dtype', 'dtype', 'remat_policy', 'scan_layers', 'attention_kernel',
+                  'attention_options')
 
 
 def compute_settings(cfg: ModelConfig) -> dict:

@@ -93,9 +93,10 @@ def ici_bytes(cfg: model_config.ModelConfig, sizes: dict, batch: int, seq_len: i
                       3 * dm * cfg.mlp_hidden_size)
   table_params = cfg.vocab_size * dm * (1 if cfg.weight_tying else 2)
   reruns_weights = cfg.remat_policy in ('full', 'save_qkv_proj', 'save_qkv_context')
-  reruns_attention = cfg.remat_policy in ('full', 'minimal', 'save_qkv_proj')
-  # FSDP (over fsdp x context, as 'embed' is sharded): weights gathered for the forward, the
-  # backward and any recomputation of every microbatch; gradients reduce-scattered as often.
+  reruns_attention = cfg.remat_policy != 'none'   # see recompute_per_token
+  # FSDP (over fsdp x context, as 'embed' is sharded): weights gathered (in their stored
+  # dtype) for the forward, the backward and any recomputation of every microbatch; gradients
+  # reduce-scattered as often.
   shards = f * c
   share = (shards - 1) / shards
   gathers = 2 + (1 if reruns_weights else 0)
@@ -156,20 +157,6 @@ def _compile(fn, *args):
     return None, why
 
 
-@dataclasses.dataclass(frozen=True)
-class _Job:
-  """What every candidate shares: the model, optimizer, batch and target."""
-  mcfg: model_config.ModelConfig
-  tx: object
-  chip: tpu_chips.Chip
-  devices: list
-  batch: int
-  seq_len: int
-  eps: float
-  sft: bool
-  step: train_step.StepConfig
-
-
 def _setup(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str):
   """(model config, mesh, rules, graphdef, abstract params, their shardings) for a candidate;
   raises ConfigError when the mesh does not suit the topology."""
@@ -190,10 +177,15 @@ def plan_one(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str,
   start = time.perf_counter()
   try:
     mcfg, mesh, rules, graphdef, params, param_sh = _setup(job, mesh_cfg, policy)
-  except ConfigError as e:
-    return {**record, 'status': 'invalid', 'why': str(e)}
+  except (ConfigError, NotImplementedError) as e:  # sizes that do not fit the device count
+    return {**record, 'status': 'invalid', 'why': str(e).splitlines()[0]}
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   record['mesh'] = mesh_label(sizes)
+  replicas = sizes['data'] * sizes['fsdp']
+  if job.batch % (microbatches * replicas):
+    return {**record, 'status': 'invalid',
+            'why': f'{job.batch} rows in {microbatches} microbatch(es) do not split over '
+                   f'data x fsdp = {replicas}'}
   opt_state = jax.eval_shape(job.tx.init, params)
   opt_sh = train_step.opt_shardings(job.tx, params, param_sh, mesh)
   shape = (job.batch, job.seq_len)
@@ -366,6 +358,11 @@ def run(config) -> dict:
   chip, devices = tpu_chips.topology_devices(pcfg.topology, pcfg.num_slices)
   job = _Job(mcfg, optimizer.adamw(ocfg), chip, devices, dcfg.batch_size, dcfg.seq_len,
              tcfg.mask_eps, tcfg.objective == 'sft', step_cfg)
+  path = pcfg.output or (os.path.join(config.workdir, 'plan.json')
+                         if config.get('workdir') else '')
+  header = {'topology': pcfg.topology, 'chips': len(devices), 'chip': dataclasses.asdict(chip),
+            'batch': job.batch, 'seq_len': job.seq_len, 'params': mcfg.num_params(),
+            'attention_kernel': mcfg.attention_kernel, 'step': dataclasses.asdict(step_cfg)}
   records = []
   candidates = [(m, p, k) for m in meshes for p in policies for k in microbatches]
   start = time.perf_counter()
@@ -375,19 +372,19 @@ def run(config) -> dict:
                  pcfg.topology, mesh_label({a: getattr(mesh_cfg, a) for a in sharding.AXES}),
                  policy, k)
     records.append(plan_one(job, mesh_cfg, policy, k))
+    if path:  # a long sweep keeps what it has learnt if it is stopped
+      _write_json(path, {**header, 'plans': records, 'best': None, 'complete': False})
   fits = [r for r in records if r['status'] == 'fits']
-  best = max(fits, key=lambda r: (r['roofline']['mfu_ceiling'], -r['memory']['total']),
-             default=None)
+  # Highest MFU ceiling; among equals the least ICI time, then the least memory.
+  best = max(fits, default=None, key=lambda r: (
+      round(r['roofline']['mfu_ceiling'], 4), -round(r['roofline']['ici_seconds'], 3),
+      -r['memory']['total']))
   if best is not None and pcfg.evaluate:
     mesh_cfg, policy, _ = candidates[records.index(best)]
     logging.info('plan: compiling the evaluation forward for the best plan')
     best['eval'] = plan_eval(job, mesh_cfg, policy, pcfg.eval_batch_size)
   print(report(records, job, pcfg.topology, best), flush=True)
-  result = {'topology': pcfg.topology, 'chips': len(devices), 'chip': dataclasses.asdict(chip),
-            'batch': job.batch, 'seq_len': job.seq_len, 'params': mcfg.num_params(),
-            'plans': records, 'best': best}
-  path = pcfg.output or (os.path.join(config.workdir, 'plan.json')
-                         if config.get('workdir') else '')
+  result = {**header, 'plans': records, 'best': best, 'complete': True}
   if path:
     _write_json(path, result)
     logging.info('wrote %s', path)
@@ -399,7 +396,7 @@ def run(config) -> dict:
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
   """What `config.plan` asks of the plan job."""
-  topology: str = 'v5p:4x4x4'           # <chip>:<chips per dimension>: v4:4x4x4, v5p:4x4x4, v5e:4x4
+  topology: str = 'v5p:4x4x4'           # <chip>:<chips per dimension>, e.g. v4:4x4x4, v5e:4x4
   num_slices: int = 1                   # >1 plans a multi-slice job (config.mesh.dcn_* sizes)
   meshes: tuple[str, ...] = ()          # overrides of config.mesh to sweep, e.g.
                                         # 'context=16,fsdp=-1'; () plans config.mesh alone
@@ -415,3 +412,17 @@ class PlanConfig:
     if self.num_slices < 1 or self.eval_batch_size < 0 or min(self.microbatches, default=1) < 1:
       raise ConfigError('config.plan.num_slices and microbatches must be >= 1 and '
                         'eval_batch_size >= 0.')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """What every candidate shares: the model, optimizer, batch and target."""
+  mcfg: model_config.ModelConfig
+  tx: object
+  chip: tpu_chips.Chip
+  devices: list
+  batch: int
+  seq_len: int
+  eps: float
+  sft: bool
+  step: train_step.StepConfig

@@ -6,6 +6,8 @@ Mesh axes (outermost first):
   context  the sequence dimension (context parallelism: ring or all-gather attention)
   tensor   attention heads and MLP hidden units (tensor parallelism)
 Activations [batch, length, ...] are laid out batch over (data, fsdp), length over context.
+Weights are split over fsdp and context together (their 'embed' dimension): for weights,
+context parallelism is one more kind of data parallelism.
 
 A rule 'name=axis[,axis...]' shards a logical dimension over those mesh axes; 'name=' keeps it
 whole. Parameters name their dimensions in the `logical_axes` metadata that lladax/model.py
@@ -110,8 +112,8 @@ def logical_to_spec(names: Sequence[str | None], mesh, rules=DEFAULT_RULES,
         continue
       if shape is not None and shape[i] % (math.prod(sizes[a] for a in kept) * sizes[axis]):
         _warn_once('logical axis %r (size %d) is not divisible by mesh axis %r (%d) on top of %s; '
-                   'replicating it over %r', name, shape[i], axis, sizes[axis], tuple(kept) or 'nothing',
-                   axis)
+                   'replicating it over %r', name, shape[i], axis, sizes[axis],
+                   tuple(kept) or 'nothing', axis)
         continue
       kept.append(axis)
     used.update(kept)
@@ -216,15 +218,23 @@ def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
   One slice: jax.make_mesh, which orders devices along the physical torus. Several slices:
   mesh_utils.create_hybrid_device_mesh, so only the dcn_* axes cross slice boundaries.
   """
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
   devices = list(jax.devices() if devices is None else devices)
   slices = num_slices_of(devices)
   ici, dcn = mesh_shape(cfg, len(devices), slices)
   types = (AxisType.Auto,) * len(AXES)
+  shape = tuple(ici[a] for a in AXES)
   if slices == 1:
-    return jax.make_mesh(tuple(ici[a] for a in AXES), AXES, axis_types=types, devices=devices)
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
-  grid = mesh_utils.create_hybrid_device_mesh([ici[a] for a in AXES], [dcn[a] for a in AXES],
-                                              devices, allow_split_physical_axes=True)
+    try:
+      return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
+    except NotImplementedError:
+      # An axis that is no product of whole torus dimensions (8 on a 4x4x4 slice) has to run
+      # along a split physical axis; its collectives then use fewer links.
+      logging.info('mesh %s splits physical torus axes of %d devices', shape, len(devices))
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+      return jax.sharding.Mesh(grid, AXES, axis_types=types)
+  grid = mesh_utils.create_hybrid_device_mesh(shape, [dcn[a] for a in AXES], devices,
+                                              allow_split_physical_axes=True)
   return jax.sharding.Mesh(grid, AXES, axis_types=types)
 
 

@@ -76,9 +76,10 @@ def check_fits_one_device(mcfg: model_config.ModelConfig) -> None:
         'config.model.')
 
 
-def initial_model(config, mcfg: model_config.ModelConfig) -> model_lib.LLaDA:
+def initial_model(config, mcfg: model_config.ModelConfig, shardings=None) -> model_lib.LLaDA:
   """From scratch, or from `config.checkpoint` (post-training) with the recipe's RoPE rule and
-  compute settings applied to the checkpoint's own shape and base."""
+  compute settings applied to the checkpoint's own shape and base; `shardings` (ModelConfig ->
+  parameter shardings) restores the parameters straight onto the mesh."""
   if not config.checkpoint:
     return model_lib.init(mcfg, config.seed)
   saved, _ = checkpoint.read_config(config.checkpoint)
@@ -88,7 +89,7 @@ def initial_model(config, mcfg: model_config.ModelConfig) -> model_lib.LLaDA:
       raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
                         f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
-  model, _ = checkpoint.load_with_rope(config.checkpoint, rope_cfg,
+  model, _ = checkpoint.load_with_rope(config.checkpoint, rope_cfg, shardings=shardings,
                                       **model_config.compute_settings(mcfg))
   return model
 
@@ -148,11 +149,11 @@ def run(config) -> dict:
 
   tx = optimizer.adamw(ocfg)
   if config.checkpoint:
-    model = initial_model(config, mcfg)
+    model = initial_model(config, mcfg, lambda cfg: train_step.state_shardings(
+        cfg, tx, mesh, rules)[0])
     mcfg = model.cfg
     param_sh, opt_sh = train_step.state_shardings(mcfg, tx, mesh, rules)
     graphdef, params = nnx.split(model, nnx.Param)
-    params = jax.device_put(params, param_sh)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   else:
     param_sh, opt_sh = train_step.state_shardings(mcfg, tx, mesh, rules)
@@ -171,7 +172,10 @@ def run(config) -> dict:
     ckpts = train_checkpoint.TrainCheckpoints(
         os.path.join(workdir, 'checkpoints'),
         train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints),
-        {'model': dataclasses.asdict(mcfg), 'seed': config.seed, 'data': config.data.to_dict(),
+        # What a checkpoint must match; compute settings (kernel, remat, dtypes) may change.
+        {'model': {k: v for k, v in dataclasses.asdict(mcfg).items()
+                   if k not in model_config.COMPUTE_FIELDS},
+         'seed': config.seed, 'data': config.data.to_dict(),
          'objective': tcfg.objective})
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           {'params': params, 'opt_state': opt_state})

@@ -10,6 +10,7 @@ to another model or data recipe is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -38,7 +39,7 @@ class TrainCheckpoints:
   """The checkpoints of one run, in `<workdir>/checkpoints` (local or gs://)."""
 
   def __init__(self, directory: str, cfg: CheckpointConfig, meta: dict):
-    self.meta = meta
+    self.meta = json.loads(json.dumps(meta))  # as it reads back: tuples become lists
     self.cfg = cfg
     self.manager = ocp.CheckpointManager(
         epath.Path(directory),

@@ -3,6 +3,7 @@ devices (XLA_FLAGS must be set before jax is imported, which pytest's other modu
 
 Prints one JSON object: every number the test asserts on, so a failure shows the values.
 """
+# pylint: disable=wrong-import-position
 import os
 import sys
 
@@ -12,18 +13,18 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import dataclasses  # pylint: disable=wrong-import-position
-import json  # pylint: disable=wrong-import-position
+import dataclasses
+import json
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-import optax  # pylint: disable=wrong-import-position
-from flax import nnx  # pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-from helpers import tiny_config  # pylint: disable=wrong-import-position
-from lladax import attention, diffusion, model as model_lib, sharding, train_step  # pylint: disable=wrong-import-position
-from lladax.config import ConfigError  # pylint: disable=wrong-import-position
+from helpers import tiny_config
+from lladax import attention, diffusion, model as model_lib, sharding, train_step
+from lladax.config import ConfigError
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 

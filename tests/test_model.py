@@ -168,3 +168,16 @@ def test_model_config_errors_name_the_setting(kw, match):
 
 def test_llada_8b_parameter_count():
   assert ModelConfig().num_params() == 8_015_581_184
+
+
+def test_recipes_choose_the_attention_kernel_and_its_options():
+  tokens = jnp.array([[1, 2, 3, 4, 5, 6, 7, 8, 9]])
+  seg = jnp.array([[1, 1, 1, 1, 2, 2, 2, 0, 0]])
+  fast = model_lib.init(tiny_config(attention_kernel='blockwise',
+                                    attention_options=('block_q=4', 'block_kv=4')))
+  assert fast.cfg.attention_kwargs == {'block_q': 4, 'block_kv': 4}
+  np.testing.assert_allclose(np.asarray(fast(tokens, segment_ids=seg)),
+                             np.asarray(model_lib.init(tiny_config())(tokens, segment_ids=seg)),
+                             atol=1e-5)
+  with pytest.raises(ConfigError, match="not 'name=value'"):
+    tiny_config(attention_options=('block_q',))

@@ -27,11 +27,12 @@ def recipe(name):
 @needs_libtpu
 def test_tiny_plan_reports_sharded_memory_flops_and_roofline(tmp_path, capsys):
   c = recipe('plan_tiny.py')
-  c.plan.update(meshes=('fsdp=-1,context=2',), remat_policies=('full',),
+  # remat 'none': the ring kernel's recomputed forward triples the compile time.
+  c.plan.update(meshes=('fsdp=-1,context=2',), remat_policies=('none',),
                 output=str(tmp_path / 'plan.json'))
   result = plan.run(c)
   out = capsys.readouterr().out
-  assert 'best: data=1 fsdp=2 context=2 tensor=1, remat full' in out
+  assert 'best: data=1 fsdp=2 context=2 tensor=1, remat none' in out
   best = result['best']
   assert [r['status'] for r in result['plans']] == ['fits'] and result['plans'][0] is best
   # Parameters and both Adam moments (12 bytes per parameter) split over fsdp x context = 4,
@@ -42,7 +43,7 @@ def test_tiny_plan_reports_sharded_memory_flops_and_roofline(tmp_path, capsys):
   tokens = 8 * 1024
   assert best['flops']['model_per_step'] == pytest.approx(
       flops.train_per_token(cfg, 1024) * tokens)
-  assert best['flops']['executed_per_step'] > best['flops']['model_per_step']
+  assert best['flops']['executed_per_step'] == best['flops']['model_per_step']  # nothing rerun
   assert 0 < best['roofline']['mfu_ceiling'] <= 1
   assert best['eval']['status'] == 'fits'
   assert best['eval']['memory']['total'] < best['memory']['total']

@@ -21,14 +21,15 @@ POD = abstract_mesh(data=2, fsdp=4, context=2, tensor=2)
 
 
 @pytest.mark.parametrize('names,shape,expected', [
-    (('layers', 'embed', 'heads', 'head_dim'), (32, 4096, 32, 128), P(None, 'fsdp', 'tensor', None)),
-    (('vocab', 'embed'), (126464, 4096), P('tensor', 'fsdp')),
-    (('layers', 'mlp', 'embed'), (32, 12288, 4096), P(None, 'tensor', 'fsdp')),
+    (('layers', 'embed', 'heads', 'head_dim'), (32, 4096, 32, 128),
+     P(None, ('fsdp', 'context'), 'tensor', None)),
+    (('vocab', 'embed'), (126464, 4096), P('tensor', ('fsdp', 'context'))),
+    (('layers', 'mlp', 'embed'), (32, 12288, 4096), P(None, 'tensor', ('fsdp', 'context'))),
     (('batch', 'length', 'act_embed'), (16, 1024, 4096), P(('data', 'fsdp'), 'context', None)),
     (('batch', 'length', 'vocab'), (16, 1024, 126464), P(('data', 'fsdp'), 'context', 'tensor')),
     (('norm',), (4096,), P(None)),
 ])
-def test_default_rules_shard_parameters_fsdp_and_tensor_and_activations_by_batch_and_length(
+def test_default_rules_shard_weights_over_fsdp_context_tensor_and_activations_by_batch_length(
     names, shape, expected):
   assert sharding.logical_to_spec(names, POD, sharding.DEFAULT_RULES, shape) == expected
 
@@ -36,7 +37,7 @@ def test_default_rules_shard_parameters_fsdp_and_tensor_and_activations_by_batch
 def test_an_indivisible_dimension_is_replicated_over_that_axis_and_logged(caplog):
   with caplog.at_level(logging.WARNING):
     spec = sharding.logical_to_spec(('vocab', 'embed'), POD, sharding.DEFAULT_RULES, (67, 4096))
-  assert spec == P(None, 'fsdp')
+  assert spec == P(None, ('fsdp', 'context'))
   assert "'vocab' (size 67) is not divisible by mesh axis 'tensor'" in caplog.text
 
 
@@ -75,12 +76,13 @@ def test_bad_rules_are_refused_in_one_sentence(rules, message):
 
 def test_param_specs_follow_each_parameters_logical_axes():
   specs = sharding.param_specs(model_lib.abstract(tiny_config(d_model=32, n_heads=4)), POD)
-  assert specs['wte'] == P(None, 'fsdp')          # vocab 67 does not divide over tensor=2
-  assert specs['blocks']['q_proj'] == P(None, 'fsdp', 'tensor', None)
-  assert specs['blocks']['attn_out'] == P(None, 'tensor', None, 'fsdp')
-  assert specs['blocks']['ff_out'] == P(None, 'tensor', 'fsdp')
+  fc = ('fsdp', 'context')
+  assert specs['wte'] == P(None, fc)          # vocab 67 does not divide over tensor=2
+  assert specs['blocks']['q_proj'] == P(None, fc, 'tensor', None)
+  assert specs['blocks']['attn_out'] == P(None, 'tensor', None, fc)
+  assert specs['blocks']['ff_out'] == P(None, 'tensor', fc)
   assert specs['blocks']['attn_norm'] == P(None, None)
-  assert specs['lm_head'] == P('fsdp', None)
+  assert specs['lm_head'] == P(fc, None)
 
 
 @pytest.mark.parametrize('kw,devices,slices,ici,dcn', [
