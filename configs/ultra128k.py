@@ -5,8 +5,10 @@ Recipe (PAPERS.md section 3; [guess] marks what the paper does not state and we 
     [-(T-1), T-1], so spans count double: T_cap = 2 * 4096, T_Ecap = 2 * 131072, giving
     d_crit = 70 and base ~2.81e8 (lambda ~562). The paper's d_crit sweep preferred 73; set
     --config.rope.d_crit=73 to follow it.
-  - Data: PG19-style books (a local folder), packed into rows with segment ids so documents never
-    attend to each other ("adaptive attention mask").
+  - Data: PG19-style books through the Grain pipeline, packed into rows with segment ids so
+    documents never attend to each other ("adaptive attention mask").
+  - Mesh: each row split over 16 chips with ring attention, rows over fsdp; the LM head and loss
+    in 16 chunks. The plan job shows this fits a v5p-128 at 57.7 GiB per chip (README).
   - Loss: LLaDA's masked-diffusion objective, unchanged (1/p weighting, eps = 1e-3).
   - 600 steps of ~4M tokens: 32 rows x 131072 tokens = 4.19M tokens per step. [The paper packs
     64K rows; 128K rows keep the tokens per step and train the full window.]
@@ -14,7 +16,8 @@ Recipe (PAPERS.md section 3; [guess] marks what the paper does not state and we 
     clip 1.0 [guess]; float32 master weights, bfloat16 compute, full rematerialisation.
 
   python -m lladax.main --config configs/ultra128k.py --config.checkpoint=/ckpt/llada-8b-base \\
-      --config.data.path='/data/pg19/train/*.txt' --config.workdir=gs://bucket/ultra128k
+      --config.pipeline.sources="('text:/data/pg19/train/*.txt',)" --config.workdir=gs://bucket/ultra128k
+  python -m lladax.main --config configs/ultra128k.py --config.job=plan   # memory plan, v5p-128
 """
 from lladax import plan, presets, sharding, train_step
 
@@ -23,7 +26,11 @@ def get_config():
   c = presets.base('train')
   c.model.update(param_dtype='float32', dtype='bfloat16', remat_policy='full')
   c.rope.update(rule='diffusion_ntk', target_length=131072)
-  c.data.update(source='text_files', path='', seq_len=131072, batch_size=32)
+  # PG19-style books through the Grain pipeline: documents packed into 128K rows with segment
+  # ids (UltraLLaDA's adaptive mask); set the sources on the command line.
+  c.data.update(source='pipeline', seq_len=131072, batch_size=32)
+  c.pipeline = presets.section(presets.pipeline_config(), sources=(), seq_len=131072,
+                               packing='segment', add_eos=True)
   c.train.update(steps=600, log_every=1, objective='pretrain', init='checkpoint')
   c.optim.update(learning_rate=2e-5, warmup_steps=30, schedule='constant', weight_decay=0.1,
                  clip_norm=1.0, b1=0.9, b2=0.95)

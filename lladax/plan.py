@@ -211,6 +211,8 @@ def plan_one(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str,
   compute_s = fl['executed'] / chips / job.chip.peak_bf16_flops
   ici_s = comm['total'] / (job.chip.ici_bandwidth / 2)
   step_s = max(compute_s, ici_s)
+  if mem['total'] > job.chip.hbm_bytes:  # compiled, yet the buffers exceed HBM
+    record['why'] = f'{_gib(mem["total"])} of {_gib(job.chip.hbm_bytes)} GiB HBM'
   record.update(
       status='fits' if mem['total'] <= job.chip.hbm_bytes else 'over HBM', memory=mem,
       hbm_fraction=mem['total'] / job.chip.hbm_bytes,
