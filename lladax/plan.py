@@ -36,6 +36,7 @@ from lladax.data import simple
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 MESH_FIELDS = tuple(f.name for f in dataclasses.fields(sharding.MeshConfig) if f.name != 'rules')
 GiB = tpu_chips.GiB
+HEADROOM = 0.9   # a plan above this fraction of HBM is ranked after every plan below it
 
 
 def parse_mesh(spec: str, base: sharding.MeshConfig) -> sharding.MeshConfig:
@@ -305,9 +306,10 @@ def report(records: list[dict], job: _Job, topology: str, best: dict | None) -> 
     head = f'{r["mesh"]:<38} {r["remat_policy"]:<16} {r["microbatches"]:>3}'
     if 'memory' in r:
       m = r['memory']
+      tight = ' (tight)' if r['status'] == 'fits' and r['hbm_fraction'] > HEADROOM else ''
       lines.append(f'{head} {_gib(m["arguments"]):>7} {_gib(m["temporaries"]):>7} '
                    f'{_gib(m["outputs"]):>7} {_gib(m["total"]):>7} {r["hbm_fraction"]:>5.0%}  '
-                   f'{r["roofline"]["mfu_ceiling"]:>6.1%}  {r["status"]}')
+                   f'{r["roofline"]["mfu_ceiling"]:>6.1%}  {r["status"]}{tight}')
     else:
       lines.append(f'{head} {"":>39}  {"":>6}  {r["status"]}: {r["why"]}')
   if best:
@@ -377,10 +379,11 @@ def run(config) -> dict:
     if path:  # a long sweep keeps what it has learnt if it is stopped
       _write_json(path, {**header, 'plans': records, 'best': None, 'complete': False})
   fits = [r for r in records if r['status'] == 'fits']
-  # Highest MFU ceiling; among equals the least ICI time, then the least memory.
+  # Plans with headroom first (runtime buffers, fragmentation and the compiler's own reserve
+  # need some), then the highest MFU ceiling, the least ICI time, the least memory.
   best = max(fits, default=None, key=lambda r: (
-      round(r['roofline']['mfu_ceiling'], 4), -round(r['roofline']['ici_seconds'], 3),
-      -r['memory']['total']))
+      r['hbm_fraction'] <= HEADROOM, round(r['roofline']['mfu_ceiling'], 4),
+      -round(r['roofline']['ici_seconds'], 3), -r['memory']['total']))
   if best is not None and pcfg.evaluate:
     mesh_cfg, policy, _ = candidates[records.index(best)]
     logging.info('plan: compiling the evaluation forward for the best plan')
