@@ -25,11 +25,13 @@ JOBS = {
 def check_sections(config) -> None:
   """Builds every section's dataclass so a bad setting fails at start-up, whichever job runs."""
   # pylint: disable=import-outside-toplevel
-  from lladax import model_config, optimizer, sampler, train
+  from lladax import model_config, optimizer, plan, sampler, sharding, train, train_step
   from lladax.data import simple, tokenizers
   sections = {'model': model_config.ModelConfig, 'rope': model_config.RopeConfig,
               'tokenizer': tokenizers.TokenizerConfig, 'data': simple.DataConfig,
-              'optim': optimizer.OptimConfig, 'train': train.TrainConfig}
+              'optim': optimizer.OptimConfig, 'train': train.TrainConfig,
+              'mesh': sharding.MeshConfig, 'step': train_step.StepConfig,
+              'plan': plan.PlanConfig}
   for name, cls in sections.items():
     if name in config:
       from_section(cls, config[name], f'config.{name}')

@@ -66,3 +66,12 @@ def test_ultra128k_recipe_is_valid_and_asks_for_its_inputs(tmp_path):
   assert proc.returncode == 2 and 'config.checkpoint' in proc.stderr
   proc = lladax('--config', 'configs/ultra128k.py', f'--config.checkpoint={tmp_path}', check=False)
   assert proc.returncode == 2 and 'not a lladax model directory' in proc.stderr
+
+
+def test_mesh_and_step_settings_are_checked_before_any_job_runs():
+  proc = lladax('--config', 'configs/ultra128k.py', '--config.job=describe',
+                '--config.mesh.context=0', check=False)
+  assert proc.returncode == 2 and 'config.mesh.context=0' in proc.stderr
+  proc = lladax('--config', 'configs/ultra128k.py', '--config.job=describe',
+                '--config.step.microbatches=0', check=False)
+  assert proc.returncode == 2 and 'config.step.microbatches' in proc.stderr
