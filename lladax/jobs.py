@@ -19,6 +19,7 @@ JOBS = {
     'eval_ppl': 'lladax.evals.perplexity:run',
     'eval_ruler': 'lladax.evals.ruler:run',
     'eval_longbench': 'lladax.evals.longbench:run',
+    'replay': 'lladax.replay.run:run',
 }
 
 
@@ -27,11 +28,12 @@ def check_sections(config) -> None:
   # pylint: disable=import-outside-toplevel
   from lladax import model_config, optimizer, plan, sampler, sharding, train, train_step
   from lladax.data import simple, tokenizers
+  from lladax.replay import settings as replay
   sections = {'model': model_config.ModelConfig, 'rope': model_config.RopeConfig,
               'tokenizer': tokenizers.TokenizerConfig, 'data': simple.DataConfig,
               'optim': optimizer.OptimConfig, 'train': train.TrainConfig,
               'mesh': sharding.MeshConfig, 'step': train_step.StepConfig,
-              'plan': plan.PlanConfig}
+              'plan': plan.PlanConfig, 'replay': replay.ReplayConfig}
   for name, cls in sections.items():
     if name in config:
       from_section(cls, config[name], f'config.{name}')

@@ -237,6 +237,10 @@ def run(config) -> dict:
     if ckpts:
       ckpts.close()
   model = nnx.merge(graphdef, params)
+  if dcfg.seq_len > model.cfg.max_sequence_length:
+    # Post-training at a longer context makes that the trained length, which the RoPE rules of a
+    # later extension start from (T_train).
+    model.cfg = dataclasses.replace(model.cfg, max_sequence_length=dcfg.seq_len)
   model_dir = None
   if workdir and tcfg.save and step + 1 == tcfg.steps:
     # Keep what the source checkpoint recorded (its Hugging Face config.json, for export).

@@ -3,7 +3,7 @@ batches an uninterrupted one would have seen.
 
   config.data.source = 'pipeline'   the Grain pipeline of `config.pipeline` (pods, real corpora);
                                     its iterator state is saved as is
-  config.data.source = 'retrieval' | 'text_files'
+  config.data.source = 'retrieval' | 'sft_jsonl' | 'text_files'
                                     the small single-host generators of lladax/data/simple.py
                                     (demo and tests); their state is the number of batches drawn,
                                     and a restore replays that many from the seed

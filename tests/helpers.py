@@ -1,5 +1,8 @@
-"""Shared tiny shapes and NumPy references written from the documented architecture."""
+"""Shared tiny shapes, NumPy references written from the documented architecture, and the CLI."""
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -70,3 +73,16 @@ def np_block(p, x, positions, seg, cfg):
 
 def replace(cfg, **kw):
   return dataclasses.replace(cfg, **kw)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_lladax(*args, check=True, timeout=600):
+  """python -m lladax.main ARGS from the checkout, as a user runs it; fails with its output."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, '-m', 'lladax.main', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode:
+    raise AssertionError(f'exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+  return proc

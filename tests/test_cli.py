@@ -1,21 +1,13 @@
 """The entry point as a user runs it: python -m lladax.main --config FILE [--config.x=y]."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_lladax
 
 
 def lladax(*args, check=True):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, '-m', 'lladax.main', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  if check and proc.returncode:
-    raise AssertionError(f'exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}')
-  return proc
+  return run_lladax(*args, check=check)
 
 
 def test_tiny_recipe_trains_saves_and_generates(tmp_path):

@@ -309,3 +309,16 @@ def test_config_from_recipe_section(tmp_path):
   with pytest.raises(ConfigError, match='add_bos'):
     pipeline.build(PipelineConfig(sources=(f'jsonl:{path}',), add_bos=True), IdTokenizer(),
                    eos_id=EOS)
+
+
+def test_concat_with_an_eos_separator_is_named_as_eod_in_disguise(tmp_path, caplog):
+  path = write_docs(tmp_path / 'd.jsonl', [3, 2])
+  cfg = pipeline.PipelineConfig(sources=(f'jsonl:{path}',), seq_len=8, packing='concat',
+                                add_eos=True, num_epochs=1)
+  with caplog.at_level(logging.WARNING):
+    pipeline.build(cfg, IdTokenizer(), eos_id=EOS, pad_id=PAD).close()
+  assert "makes it the 'eod' packing; set add_eos=False" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):   # a distinct EOD token is a real difference
+    pipeline.build(cfg, IdTokenizer(), eos_id=EOS, pad_id=PAD, eod_id=EOD).close()
+  assert 'eod' not in caplog.text

@@ -1,6 +1,10 @@
 """The single-host demo data: generated retrieval records and the greedy packer."""
-import numpy as np
+import json
 
+import numpy as np
+import pytest
+
+from lladax.config import ConfigError
 from lladax.data import retrieval, simple, tokenizers
 
 
@@ -46,3 +50,43 @@ def test_greedy_packing_loses_no_token_and_restarts_positions():
       np.testing.assert_array_equal(pos[s == sid], np.arange((s == sid).sum()))
     assert (tok[s == 0] == 0).all()
   assert [list(r[1]) for r in rows][0] == [1, 1, 1, 1, 1, 2, 2, 2]
+
+
+def _sft_file(tmp_path, records):
+  path = tmp_path / 'sft.jsonl'
+  path.write_text('\n'.join(json.dumps(r) for r in records) + '\n')
+  return str(path)
+
+
+def test_sft_records_mask_only_their_answers_and_every_record_comes_once_per_epoch(tmp_path):
+  tok = tokenizers.ByteTokenizer()
+  records = [{'prompt': f'q{i} is ', 'answer': f'{i}.'} for i in range(6)]
+  cfg = simple.DataConfig(source='sft_jsonl', path=_sft_file(tmp_path, records), seq_len=12,
+                          batch_size=3)
+  batches = simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS)
+  seen = []
+  for _ in range(2):   # one epoch: 6 records in 2 batches of 3
+    b = next(batches)
+    for tokens, given in zip(b['tokens'], b['prompt_mask']):
+      assert tokens[0] == tok.BOS and given[0]
+      text = tok.decode([t for t, g in zip(tokens[1:], given[1:]) if g])
+      answer = tok.decode([t for t, g in zip(tokens, given) if not g and t != tok.EOS])
+      assert answer == text[1:-4] + '.'   # 'q3 is ' -> '3.'
+      assert (tokens[~given][len(answer):] == tok.EOS).all()   # EOS padding is answer
+      seen.append(answer)
+  assert sorted(seen) == [f'{i}.' for i in range(6)]
+
+
+def test_sft_records_that_cannot_be_trained_are_named(tmp_path):
+  tok = tokenizers.ByteTokenizer()
+
+  def open_(path, seq_len=12):
+    cfg = simple.DataConfig(source='sft_jsonl', path=path, seq_len=seq_len, batch_size=1)
+    return simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS)
+
+  with pytest.raises(ConfigError, match='is not a file'):
+    open_(str(tmp_path / 'missing.jsonl'))
+  with pytest.raises(ConfigError, match='line 2 lacks a "prompt" or "answer"'):
+    open_(_sft_file(tmp_path, [{'prompt': 'a', 'answer': 'b'}, {'prompt': 'a'}]))
+  with pytest.raises(ConfigError, match=r'sft.jsonl line 1: 22 tokens with BOS and EOS; raise'):
+    open_(_sft_file(tmp_path, [{'prompt': 'a' * 19, 'answer': 'b'}]), seq_len=16)

@@ -51,6 +51,10 @@ def build(cfg: PipelineConfig, tokenizer, *, eos_id: int | None, bos_id: int | N
   if cfg.packing == 'eod' and eod_id is None:
     raise ConfigError("config.pipeline.packing='eod' needs an end-of-document id; pass eod_id or "
                       'eos_id.')
+  if cfg.packing == 'concat' and cfg.add_eos and eod_id == eos_id:
+    logging.warning("config.pipeline.packing='concat' with add_eos=True puts EOS between "
+                    "documents, which makes it the 'eod' packing; set add_eos=False for plain "
+                    'concatenation.')
   pad_id = eos_id if pad_id is None else pad_id
   if pad_id is None:
     raise ConfigError('the pipeline needs a padding id; pass pad_id or eos_id.')

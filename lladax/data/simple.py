@@ -1,7 +1,8 @@
 """Single-host batches for the minimal training loop and the demo.
 
-Two sources: `retrieval` (generated prompt/answer rows, trained as SFT: the prompt is never
-masked and rows are right-padded with EOS, which counts as answer as in LLaDA's SFT) and
+Three sources: `retrieval` (generated prompt/answer rows, trained as SFT: the prompt is never
+masked and rows are right-padded with EOS, which counts as answer as in LLaDA's SFT),
+`sft_jsonl` (the same for {"prompt", "answer"} records of a local JSON-lines file) and
 `text_files` (documents read from local files and packed into rows with segment ids). The Grain
 pipeline for pods lives beside this; these are numpy generators for one process.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import sysconfig
 from typing import Iterator
@@ -18,14 +20,15 @@ import numpy as np
 from lladax.config import ConfigError, choice
 from lladax.data import retrieval
 
-SOURCES = ('retrieval', 'text_files', 'pipeline')
+SOURCES = ('retrieval', 'sft_jsonl', 'text_files', 'pipeline')
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = 'retrieval'   # retrieval | text_files | pipeline (the Grain pipeline of
-                              # config.pipeline; lladax/train_data.py)
-  path: str = ''              # text_files: a glob; '{stdlib}' expands to Python's library folder
+  source: str = 'retrieval'   # retrieval | sft_jsonl | text_files | pipeline (the Grain pipeline
+                              # of config.pipeline; lladax/train_data.py)
+  path: str = ''              # text_files: a glob ('{stdlib}' expands to Python's library
+                              # folder); sft_jsonl: a .jsonl of {"prompt", "answer"} records
   seq_len: int = 64           # tokens per row
   batch_size: int = 32        # rows per step
   n_pairs: int = 4            # retrieval: key-value pairs per record
@@ -65,6 +68,11 @@ def retrieval_row(rng, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None):
   """tokens [seq_len] and prompt mask for one SFT record, right-padded with EOS (an answer)."""
   pieces = retrieval.record(rng, cfg.n_pairs, int(rng.integers(1, cfg.max_questions + 1)),
                             cfg.needle)
+  return sft_row(pieces, tokenizer, cfg, eos_id, bos_id)
+
+
+def sft_row(pieces, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None, where: str = ''):
+  """tokens [seq_len] and prompt mask from (text, is_answer) pieces, right-padded with EOS."""
   ids = [bos_id] if bos_id is not None else []
   given = [True] * len(ids)
   for text, is_answer in pieces:
@@ -72,9 +80,10 @@ def retrieval_row(rng, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None):
     ids += piece
     given += [not is_answer] * len(piece)
   if len(ids) >= cfg.seq_len:
-    raise ConfigError(f'config.data.seq_len={cfg.seq_len} is too short for a retrieval record '
-                      f'({len(ids) + 1} tokens with n_pairs={cfg.n_pairs}, max_questions='
-                      f'{cfg.max_questions}); raise seq_len.')
+    what = where or (f'a retrieval record (n_pairs={cfg.n_pairs}, max_questions='
+                     f'{cfg.max_questions})')
+    raise ConfigError(f'config.data.seq_len={cfg.seq_len} is too short for {what}: '
+                      f'{len(ids) + 1} tokens with BOS and EOS; raise seq_len.')
   pad = cfg.seq_len - len(ids)
   return (np.array(ids + [eos_id] * pad, np.int32), np.array(given + [False] * pad))
 
@@ -115,7 +124,49 @@ def batches(cfg: DataConfig, tokenizer, seed: int, *, eos_id: int, bos_id=None) 
   if cfg.source == 'retrieval':
     retrieval_row(np.random.default_rng(seed), tokenizer, cfg, eos_id, bos_id)  # length check
     return _retrieval_batches(cfg, tokenizer, rng, eos_id, bos_id)
+  if cfg.source == 'sft_jsonl':
+    rows = [sft_row(((r['prompt'], False), (r['answer'], True)), tokenizer, cfg, eos_id, bos_id,
+                    f'{cfg.path} line {line}') for line, r in sft_records(cfg.path)]
+    return _sft_batches(cfg, rows, rng)
   return _text_batches(cfg, text_documents(cfg.path), tokenizer, rng, eos_id, bos_id)
+
+
+def sft_records(path: str) -> list[tuple[int, dict]]:
+  """(line number, record) of every non-blank line; each record needs 'prompt' and 'answer'."""
+  if not path or not os.path.isfile(expand_path(path)):
+    raise ConfigError(f"config.data.source='sft_jsonl' needs config.data.path, a .jsonl file of "
+                      f'{{"prompt", "answer"}} records; {path!r} is not a file.')
+  out = []
+  with open(expand_path(path), encoding='utf-8') as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      record = json.loads(line)
+      if not isinstance(record.get('prompt'), str) or not isinstance(record.get('answer'), str):
+        raise ConfigError(f'{path} line {i} lacks a "prompt" or "answer" string; every SFT '
+                          'record needs both.')
+      out.append((i, record))
+  if not out:
+    raise ConfigError(f'{path} holds no records; give it {{"prompt", "answer"}} lines.')
+  return out
+
+
+def _sft_batches(cfg, rows, rng):
+  """Rows in a fresh random order each epoch (a pass over every record before any repeats)."""
+  b, t = cfg.batch_size, cfg.seq_len
+  order: list[int] = []
+  while True:
+    picked = []
+    for _ in range(b):
+      if not order:
+        order = list(rng.permutation(len(rows)))
+      picked.append(rows[order.pop()])
+    yield {
+        'tokens': np.stack([r[0] for r in picked]),
+        'prompt_mask': np.stack([r[1] for r in picked]),
+        'segment_ids': np.ones((b, t), np.int32),
+        'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+    }
 
 
 def _retrieval_batches(cfg, tokenizer, rng, eos_id, bos_id):

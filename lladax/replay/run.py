@@ -1,0 +1,110 @@
+"""The replay job: UltraLLaDA's and LongLLaDA's experiments in miniature, end to end.
+
+  data -> pretrain at T -> (retrieval SFT at T) -> evaluate training-free RoPE rules
+    -> post-train at post_multiple*T per packing strategy and seed -> evaluate them
+    -> results table, heatmaps and perplexity plot
+
+Every stage is an ordinary lladax job run on a config from lladax/replay/stages.py, in a folder
+of its own under the workdir. A rerun of the same recipe skips finished stages (a model folder
+exists; evaluation cells are resumed), so a killed replay continues where it stopped; a stage
+folder made by different settings is refused rather than reused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from lladax import jobs
+from lladax.config import ConfigError, from_section
+from lladax.data import tokenizers
+from lladax.replay import corpus, report, stages
+from lladax.replay.settings import ReplayConfig
+
+
+def _stage_settings(config) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _run_stage(config) -> tuple[dict, float]:
+  """Runs one stage's job unless its folder holds the same stage finished.
+
+  Returns (result, seconds): the job's result (for a finished train stage, what was recorded)
+  and the wall time the stage has taken over all invocations (evaluations resume cell by cell).
+  """
+  os.makedirs(config.workdir, exist_ok=True)
+  path = os.path.join(config.workdir, f'replay_{config.job}.json')
+  settings = _stage_settings(config)
+  recorded = {'settings': settings, 'done': False, 'seconds': 0.0}
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      recorded = json.load(f)
+    if recorded['settings'] != settings:
+      changed = sorted(k for k in set(recorded['settings']) | set(settings)
+                       if recorded['settings'].get(k) != settings.get(k))
+      raise ConfigError(f'{config.workdir} holds a stage run with other settings (config.'
+                        f'{", config.".join(changed)}); delete that folder or use another '
+                        'workdir.')
+    if recorded['done'] and config.job == 'train':
+      logging.info('replay: %s is done; skipping it', config.workdir)
+      return recorded['result'], recorded['seconds']
+  _write_json(path, recorded)
+  start = time.perf_counter()
+  result = jobs.run(config)
+  if not recorded['done']:   # a finished evaluation only re-reads its cells: no time to count
+    recorded['seconds'] += time.perf_counter() - start
+  recorded['done'] = True
+  if config.job == 'train':
+    result = {'model_dir': result['model_dir'], 'history': result['history']}
+    recorded['result'] = result
+  _write_json(path, recorded)
+  return result, recorded['seconds']
+
+
+def _write_json(path: str, value) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=1, default=str)
+  os.replace(tmp, path)
+
+
+def run(config) -> dict:
+  rcfg = from_section(ReplayConfig, config.get('replay'), 'config.replay')
+  if not config.get('workdir'):
+    raise ConfigError('config.workdir is empty; the replay writes its data, models and results '
+                      'there: pass --config.workdir=DIR.')
+  if 'pipeline' not in config:
+    raise ConfigError('the replay recipe needs a config.pipeline section (its packing and fit '
+                      'for pre-training); start from configs/mini/ultra.py.')
+  workdir = os.path.abspath(config.workdir)
+  tok = tokenizers.load(from_section(tokenizers.TokenizerConfig, config.tokenizer,
+                                     'config.tokenizer'))
+  start = time.perf_counter()
+  files = corpus.build(rcfg, tok, os.path.join(workdir, 'data'), config.seed)
+  seconds = {'data': time.perf_counter() - start}
+  pre, seconds['pretrain'] = _run_stage(stages.pretrain(config, rcfg, files, workdir))
+  base = pre
+  if rcfg.instruct_steps:
+    base, seconds['instruct'] = _run_stage(stages.instruct(config, rcfg, files, workdir,
+                                                           pre['model_dir']))
+  posttrained, post_results = {}, {}
+  for seed in rcfg.seeds:
+    for strategy in rcfg.strategies:
+      name = stages.post_name(strategy, seed)
+      post_results[name], seconds[name] = _run_stage(stages.posttrain(
+          config, rcfg, files, workdir, base['model_dir'], strategy, seed))
+      posttrained[(strategy, seed)] = post_results[name]['model_dir']
+  evaluated = {}
+  for variant in stages.variants(rcfg, base['model_dir'], posttrained):
+    niah, seconds[f'eval_niah/{variant.name}'] = _run_stage(
+        stages.niah_eval(config, rcfg, files, workdir, variant))
+    ppl, seconds[f'eval_ppl/{variant.name}'] = _run_stage(
+        stages.ppl_eval(config, rcfg, files, workdir, variant))
+    evaluated[variant.name] = (variant, niah, ppl)
+  logging.info('replay: this invocation took %.0f s', time.perf_counter() - start)
+  out_dir = rcfg.report_dir or os.path.join(workdir, 'report')
+  summary = report.write(out_dir, rcfg, evaluated, pre, base if base is not pre else None,
+                        post_results, seconds)
+  print(report.markdown_table(summary))
+  return summary

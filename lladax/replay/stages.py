@@ -1,0 +1,154 @@
+"""The recipes of the miniature's stages, derived from its one recipe: each stage runs an ordinary
+lladax job (train, eval_niah, eval_ppl) on a config built here, so the replay exercises exactly the
+code the 8B recipes use.
+
+  pretrain          train from scratch at T on prose + retrieval documents (segment packing)
+  instruct          SFT at T on retrieval prompts and answers (optional; the base from here on)
+  post/<strategy>_seed<s>
+                    train from the pre-trained model at post_multiple*T with the diffusion-aware
+                    NTK base, packing documents by <strategy>
+  eval/<variant>    eval_niah and eval_ppl at every length, for the pre-trained model under each
+                    training-free RoPE rule and for every post-trained model (its own base)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+from lladax import presets
+from lladax.evals import niah, perplexity, runner
+from lladax.replay import corpus
+from lladax.replay.settings import ReplayConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A model evaluated on the grid: a checkpoint and the RoPE rule applied to its base."""
+  name: str           # 'none', 'ntk', 'diffusion_ntk', or 'post_<strategy>_seed<s>'
+  checkpoint: str
+  rule: str           # the RoPE rule at evaluation ('none' for post-trained models)
+  strategy: str = ''  # post-trained: its packing
+  seed: int = -1
+
+
+def _copy(config) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(config.to_dict())
+  if 'replay' in out:
+    del out['replay']
+  return out
+
+
+def _sources(prose: str, retrieval: str, weight: float) -> tuple:
+  return ({'kind': 'jsonl', 'path': prose, 'text_field': 'text', 'weight': 1.0},
+          {'kind': 'jsonl', 'path': retrieval, 'text_field': 'text', 'weight': weight})
+
+
+def pretrain(config, rcfg: ReplayConfig, files: dict, workdir: str):
+  c = _copy(config)
+  c.job = 'train'
+  c.workdir = os.path.join(workdir, 'pretrain')
+  c.checkpoint = ''
+  c.model.max_sequence_length = rcfg.train_length
+  c.rope = presets.section(presets.RopeConfig)
+  c.data.update(source='pipeline', seq_len=rcfg.train_length)
+  c.pipeline.update(seq_len=rcfg.train_length, batch_size=c.data.batch_size,
+                    sources=_sources(files['prose'], files['retrieval_pre'],
+                                     rcfg.retrieval_weight))
+  c.train.update(init='scratch')
+  return c
+
+
+def instruct(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model: str):
+  """Retrieval fine-tuning at T with LLaDA's SFT objective (the prompt is never masked): the
+  base model of every later stage, as LLaDA-8B-Instruct is for the papers' instruct rows."""
+  c = _copy(config)
+  c.job = 'train'
+  c.workdir = os.path.join(workdir, 'instruct')
+  c.checkpoint = base_model
+  c.rope = presets.section(presets.RopeConfig)
+  c.data.update(source='sft_jsonl', path=files['retrieval_sft'], seq_len=rcfg.train_length)
+  c.train.update(init='checkpoint', objective='sft', steps=rcfg.instruct_steps,
+                 log_every=max(1, min(c.train.log_every, rcfg.instruct_steps)),
+                 checkpoint_every=rcfg.instruct_steps)
+  c.optim.update(learning_rate=rcfg.instruct_learning_rate, warmup_steps=20, schedule='constant')
+  return c
+
+
+def post_name(strategy: str, seed: int) -> str:
+  return f'post_{strategy}_seed{seed}'
+
+
+def posttrain(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model: str,
+              strategy: str, seed: int):
+  """UltraLLaDA's recipe in miniature: the diffusion-aware NTK base for post_multiple*T, rows of
+  that length, documents packed by `strategy`, a constant learning rate after a short warm-up."""
+  c = _copy(config)
+  c.job = 'train'
+  c.seed = seed
+  c.workdir = os.path.join(workdir, 'post', f'{strategy}_seed{seed}')
+  c.checkpoint = base_model
+  c.rope = presets.section(presets.RopeConfig, rule='diffusion_ntk',
+                           target_length=rcfg.post_length)
+  c.data.update(source='pipeline', seq_len=rcfg.post_length, batch_size=rcfg.post_batch_size)
+  # UltraLLaDA's three packings differ only in how documents are kept apart: segment ids (each
+  # document still ends with EOS, as in pre-training), an EOD token (EOS) between documents in
+  # one attention span, or nothing at all ("plain concatenation": no EOS either, else it would
+  # be the EOD strategy under another name).
+  c.pipeline.update(seq_len=rcfg.post_length, batch_size=rcfg.post_batch_size, packing=strategy,
+                    add_eos=strategy != 'concat', seed=seed,
+                    sources=_sources(files['prose'], files['retrieval_post'],
+                                     rcfg.retrieval_weight))
+  c.train.update(init='checkpoint', steps=rcfg.post_steps,
+                 log_every=max(1, min(c.train.log_every, rcfg.post_steps)),
+                 checkpoint_every=rcfg.post_steps)
+  c.optim.update(learning_rate=rcfg.post_learning_rate, warmup_steps=rcfg.post_warmup_steps,
+                 schedule='constant')
+  return c
+
+
+def _eval_base(config, job: str, variant: Variant, rcfg: ReplayConfig, workdir: str):
+  c = presets.base(job)
+  c.seed = config.seed
+  c.workdir = os.path.join(workdir, 'eval', variant.name)
+  c.checkpoint = variant.checkpoint
+  c.tokenizer = config.tokenizer
+  # Evaluate as trained (float32); the shape comes from the checkpoint.
+  c.model.update(dtype='float32', param_dtype='float32')
+  c.rope = presets.section(presets.RopeConfig)
+  if variant.rule != 'none':
+    c.rope.update(rule=variant.rule, target_length=rcfg.post_length)
+  c.eval = presets.section(runner.EvalConfig, batch_size=rcfg.eval_batch_size, pad_multiple=32)
+  return c
+
+
+def niah_eval(config, rcfg: ReplayConfig, files: dict, workdir: str, variant: Variant):
+  c = _eval_base(config, 'eval_niah', variant, rcfg, workdir)
+  c.sample.update(temperature=0.0)
+  n = rcfg.value_digits
+  settings = corpus.niah_settings(
+      rcfg.lengths, rcfg.length_buffer, depths=tuple(rcfg.niah_depths),
+      repeats=rcfg.niah_repeats, steps=n, gen_length=n, block_length=n,
+      haystack=files['haystack'], needles=files['needles'])
+  c.niah = presets.section(niah.NiahConfig, **dataclasses.asdict(settings))
+  return c
+
+
+def ppl_eval(config, rcfg: ReplayConfig, files: dict, workdir: str, variant: Variant):
+  c = _eval_base(config, 'eval_ppl', variant, rcfg, workdir)
+  c.eval.batch_size = rcfg.ppl_mc_samples
+  c.ppl = presets.section(perplexity.PplConfig, text=files['ppl'], lengths=rcfg.lengths,
+                          estimators=('longllada',), chunk=rcfg.ppl_chunk,
+                          mc_samples=rcfg.ppl_mc_samples, mc_batch=rcfg.ppl_mc_samples,
+                          chunk_stride=rcfg.ppl_chunk_stride)
+  return c
+
+
+def variants(rcfg: ReplayConfig, pretrained: str, posttrained: dict) -> list[Variant]:
+  """The training-free rules on the pre-trained model, then every post-trained model;
+  `posttrained` maps (strategy, seed) to a model directory."""
+  out = [Variant(rule, pretrained, rule) for rule in rcfg.training_free]
+  for (strategy, seed), path in posttrained.items():
+    out.append(Variant(post_name(strategy, seed), path, 'none', strategy, seed))
+  return out

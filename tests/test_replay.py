@@ -1,0 +1,175 @@
+"""The miniature replay (configs/mini): its data, its report, and the recipe shrunk to seconds."""
+import json
+import math
+import re
+
+import pytest
+
+from helpers import run_lladax
+from lladax import rope
+from lladax.config import ConfigError
+from lladax.data import tokenizers
+from lladax.replay import corpus, report, stages
+from lladax.replay.settings import ReplayConfig
+
+TOK = tokenizers.ByteTokenizer()
+
+
+@pytest.fixture(scope='module')
+def prose():
+  return corpus.prose(limit=60)
+
+
+def test_held_out_prose_is_never_trained_on(prose):
+  assert prose.train and prose.held_out
+  assert not set(prose.train) & set(prose.held_out)
+  assert corpus.prose(limit=60) == prose   # the split is a hash of names, not a random draw
+
+
+def test_retrieval_documents_hold_one_needle_and_end_with_its_answer(prose):
+  needles = corpus.needles(0, 50, 4)
+  docs = corpus.retrieval_documents(prose.train, needles, TOK, count=40, min_length=112,
+                                    max_length=300, length_buffer=96, seed=3)
+  tail = re.compile(r'\nWhat is the secret code of the (\w+)\? The secret code of the \1 is '
+                    r'(\d{4})\.$')
+  for doc in docs:
+    found = tail.search(doc)
+    assert found, doc[-120:]
+    key, value = found.groups()
+    assert doc.count(f'The secret code of the {key} is {value}.') == 2   # needle + answer
+    assert doc.count('secret code of the') == 3     # needle, question, answer: no other needle
+    # With BOS and EOS the document still fits its row: first-fit packing never cuts it.
+    assert len(TOK.encode(doc)) + 2 <= 300
+
+
+def test_retrieval_needles_sit_at_every_depth(prose):
+  needles = corpus.needles(1, 50, 4)
+  docs = corpus.retrieval_documents(prose.train, needles, TOK, count=60, min_length=250,
+                                    max_length=300, length_buffer=96, seed=0)
+  where = []
+  for doc in docs:
+    start = doc.index('The secret code of the')
+    end = doc.index('\n', start)
+    after = doc.rindex('\nWhat is') - end    # haystack between the needle and the question
+    where.append(start / (start + after))
+  assert min(where) < 0.1 and max(where) > 0.9
+
+
+def test_a_question_budget_too_small_for_the_longest_key_is_refused(prose):
+  with pytest.raises(ConfigError, match='length_buffer=40 is less than'):
+    corpus.retrieval_documents(prose.train, corpus.needles(0, 50, 4), TOK, count=1,
+                               min_length=64, max_length=128, length_buffer=40, seed=0)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(strategies=('pack',)), "config.replay.strategies='pack' is not one of"),
+    (dict(training_free=('yarn',)), "config.replay.training_free='yarn' is not one of"),
+    (dict(multiples=(0, 2)), 'whole multiples of T'),
+    (dict(post_multiple=1), 'at least 2'),
+    (dict(train_length=100), 'leaves no haystack'),
+    (dict(niah_repeats=0), 'niah_repeats=0 must be positive'),
+])
+def test_bad_replay_settings_are_named(kwargs, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    ReplayConfig(**kwargs)
+
+
+def _cell(length, depth, exact, prompt=None, context=None):
+  context = length - 100 if context is None else context
+  return dict(length=length, depth=depth, repeat=0, exact=exact, score=exact,
+              prompt_tokens=prompt or length, context_tokens=context)
+
+
+def test_near_and_far_split_at_the_trained_distance():
+  # At 1024 tokens with T = 256, a needle at depth 80% of 924 context tokens lies
+  # 1024 - 739.2 = 284.8 tokens from the answer (far); at 90%, 192.4 (near).
+  assert report.needle_distance(_cell(1024, 80.0, 0.0)) == pytest.approx(284.8)
+  result = {'lengths': [1024], 'depths': [80.0, 90.0], 'grid': {'exact': [[0.0, 100.0]]},
+            'cells': [_cell(1024, 80.0, 0.0), _cell(1024, 90.0, 100.0)]}
+  got = report.niah_summary(result, 256)
+  assert got['near'] == {'1024': 100.0} and got['far'] == {'1024': 0.0}
+  assert got['exact'] == {'1024': 50.0}
+
+
+def _evaluated(name, strategy, seed, exact, ppl):
+  variant = stages.Variant(name, f'/m/{name}', 'none', strategy, seed)
+  niah = {'rope': {'base': 1e5}, 'lengths': [256], 'depths': [0.0],
+          'grid': {'exact': [[exact]]}, 'cells': [_cell(256, 0.0, exact)]}
+  ppl_result = {'perplexity': {'longllada': {'256': ppl}},
+                'curves': {'longllada': {'positions': [256], 'perplexity': [ppl]}}}
+  return variant, niah, ppl_result
+
+
+def test_strategies_are_averaged_over_seeds_with_their_spread():
+  rcfg = ReplayConfig(multiples=(1,), strategies=('segment', 'concat'))
+  evaluated = {'post_segment_seed0': _evaluated('post_segment_seed0', 'segment', 0, 100.0, 3.0),
+               'post_segment_seed1': _evaluated('post_segment_seed1', 'segment', 1, 80.0, 5.0),
+               'post_concat_seed0': _evaluated('post_concat_seed0', 'concat', 0, 40.0, 4.0)}
+  summary = report.summarise(rcfg, evaluated)
+  got = summary['strategies']
+  assert got['segment']['exact']['256']['mean'] == 90.0
+  assert got['segment']['exact']['256']['std'] == pytest.approx(math.sqrt(200.0))
+  assert got['segment']['ppl']['256']['runs'] == [3.0, 5.0]
+  assert got['segment']['grid_exact'] == [[90.0]]
+  assert got['concat']['exact']['256']['std'] == 0.0 and got['concat']['seeds'] == [0]
+  rows = report.markdown_table(dict(summary, lengths=[256], train_length=256,
+                                    post_length=1024)).splitlines()
+  assert rows[2] == ('| post-trained at 4T, segment (seeds 0, 1) | 1e+05 | 90 ± 14 | '
+                     '4.00 ± 1.41 |')
+  assert rows[3] == '| post-trained at 4T, concat (seeds 0) | 1e+05 | 40 | 4.00 |'
+
+
+def lladax(*args, check=True):
+  return run_lladax(*args, check=check, timeout=900)
+
+
+def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
+  workdir = tmp_path / 'mini'
+  lladax('--config', 'configs/mini/smoke.py', f'--config.workdir={workdir}')
+  out = workdir / 'report'
+  summary = json.loads((out / 'results.json').read_text())
+  names = {'none', 'ntk', 'diffusion_ntk', 'post_segment_seed0', 'post_eod_seed0',
+           'post_concat_seed0'}
+  assert set(summary['variants']) == names
+  assert set(summary['strategies']) == {'segment', 'eod', 'concat'}
+  for v in summary['variants'].values():
+    assert set(v['niah']['exact']) == {'128', '256'} and set(v['ppl']) == {'128', '256'}
+    assert all(math.isfinite(p) for p in v['ppl'].values())
+  text = (out / 'results.md').read_text()
+  assert '--config configs/mini/smoke.py' in text   # the command that made it
+  table = [l for l in text.splitlines() if l.startswith('|')]
+  assert len(table) == 2 + 3 + 3 and 'post-trained at 2T, concat (seeds 0)' in table[-1]
+  for picture in ('ppl', 'niah_by_length', 'niah_none', 'niah_post_segment'):
+    assert (out / f'{picture}.png').stat().st_size > 1000
+
+  # The post-trained model runs the diffusion-aware base and records its new trained length.
+  saved = json.loads((workdir / 'post' / 'eod_seed0' / 'model' / 'model_config.json')
+                     .read_text())
+  saved = saved.get('model', saved)
+  assert saved['max_sequence_length'] == 256
+  head_dim = saved['d_model'] // saved['n_heads']
+  assert saved['rope_theta'] == pytest.approx(
+      rope.resolve('diffusion_ntk', 10000.0, head_dim, 128, 256).theta)
+  assert summary['variants']['post_eod_seed0']['rope_base'] == pytest.approx(saved['rope_theta'])
+  # The strategies differ only in how documents are kept apart (concat: not even an EOS).
+  for strategy in ('segment', 'eod', 'concat'):
+    stage = json.loads((workdir / 'post' / f'{strategy}_seed0' / 'replay_train.json').read_text())
+    pipe = stage['settings']['pipeline']
+    assert (pipe['packing'], pipe['add_eos']) == (strategy, strategy != 'concat')
+    assert stage['settings']['rope']['rule'] == 'diffusion_ntk'
+  assert set(summary['training']) == {'pretrain', 'instruct', 'post_segment_seed0',
+                                      'post_eod_seed0', 'post_concat_seed0'}
+
+  # A rerun skips every training stage and re-reads the finished evaluation cells.
+  again = lladax('--config', 'configs/mini/smoke.py', f'--config.workdir={workdir}')
+  assert again.stderr.count('is done; skipping it') == 1 + 1 + 3   # pretrain, instruct, post
+  assert 'saved the model' not in again.stderr
+  rerun = json.loads((out / 'results.json').read_text())
+  assert ({k: v['niah']['exact'] for k, v in rerun['variants'].items()} ==
+          {k: v['niah']['exact'] for k, v in summary['variants'].items()})
+
+  # Changing a stage's settings under the same workdir is refused, naming the folder.
+  bad = lladax('--config', 'configs/mini/smoke.py', f'--config.workdir={workdir}',
+               '--config.replay.post_steps=3', check=False)
+  assert bad.returncode == 2
+  assert 'post/segment_seed0 holds a stage run with other settings (config.train)' in bad.stderr
