@@ -153,32 +153,31 @@ def sft_records(path: str) -> list[tuple[int, dict]]:
 
 def _sft_batches(cfg, rows, rng):
   """Rows in a fresh random order each epoch (a pass over every record before any repeats)."""
-  b, t = cfg.batch_size, cfg.seq_len
   order: list[int] = []
   while True:
     picked = []
-    for _ in range(b):
+    for _ in range(cfg.batch_size):
       if not order:
         order = list(rng.permutation(len(rows)))
       picked.append(rows[order.pop()])
-    yield {
-        'tokens': np.stack([r[0] for r in picked]),
-        'prompt_mask': np.stack([r[1] for r in picked]),
-        'segment_ids': np.ones((b, t), np.int32),
-        'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-    }
+    yield _sft_batch(picked)
+
+
+def _sft_batch(rows) -> dict:
+  """(tokens, prompt mask) rows as a batch: one record per row, positions from 0."""
+  b, t = len(rows), len(rows[0][0])
+  return {
+      'tokens': np.stack([r[0] for r in rows]),
+      'prompt_mask': np.stack([r[1] for r in rows]),
+      'segment_ids': np.ones((b, t), np.int32),
+      'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+  }
 
 
 def _retrieval_batches(cfg, tokenizer, rng, eos_id, bos_id):
-  b, t = cfg.batch_size, cfg.seq_len
   while True:
-    rows = [retrieval_row(rng, tokenizer, cfg, eos_id, bos_id) for _ in range(b)]
-    yield {
-        'tokens': np.stack([r[0] for r in rows]),
-        'prompt_mask': np.stack([r[1] for r in rows]),
-        'segment_ids': np.ones((b, t), np.int32),
-        'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-    }
+    yield _sft_batch([retrieval_row(rng, tokenizer, cfg, eos_id, bos_id)
+                      for _ in range(cfg.batch_size)])
 
 
 def _text_batches(cfg, docs, tokenizer, rng, eos_id, bos_id):

@@ -123,12 +123,12 @@ def retrieval_records(haystack: list[str], needle_list: list[dict], tokenizer, *
   lengths = rng.integers(min_length, max_length + 1, count)
   depths = rng.uniform(0, 100, count)
   cfg = niah_settings((max_length,), length_buffer, seed=seed)
-  builder = niah.Builder(cfg, needle_list, haystack, tokenizer)
   out = []
   for i in range(count):
-    cell = builder.cell(int(lengths[i]), float(depths[i]), i)
+    # A Builder caches one haystack per draw; each document is its own draw, so none is reused.
+    cell = niah.Builder(cfg, needle_list, haystack, tokenizer).cell(
+        int(lengths[i]), float(depths[i]), i)
     out.append((cell['prompt'], needle_list[cell['needle']]['answer'] + '.'))
-    builder._hay.pop(i, None)  # pylint: disable=protected-access  # one haystack per document
   return out
 
 

@@ -130,16 +130,16 @@ def markdown_table(summary: dict) -> str:
 
 def _figures(out_dir: str, summary: dict) -> dict:
   lengths = summary['lengths']
+  depths = next(iter(summary['variants'].values()))['niah']['depths']
   pictures = {}
   panels = {n: v['niah']['grid_exact'] for n, v in summary['variants'].items()
             if not v['strategy']}
   panels.update({f'post_{s}': e['grid_exact'] for s, e in summary['strategies'].items()})
   for name, grid in panels.items():
-    depths = next(iter(summary['variants'].values()))['niah']['depths']
     pictures[f'niah_{name}'] = runner.try_plot(
         plots.heatmap, grid, lengths, depths, os.path.join(out_dir, f'niah_{name}.png'),
         f'{name}: exact match (%)')
-  series = {n: ([l for l in lengths], [v['ppl'][str(l)] for l in lengths])
+  series = {n: (lengths, [v['ppl'][str(l)] for l in lengths])
             for n, v in summary['variants'].items() if not v['strategy']}
   series.update({f'post_{s}': (lengths, [e['ppl'][str(l)]['mean'] for l in lengths])
                  for s, e in summary['strategies'].items()})

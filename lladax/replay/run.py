@@ -19,6 +19,7 @@ import time
 from lladax import jobs
 from lladax.config import ConfigError, from_section
 from lladax.data import tokenizers
+from lladax.evals import runner
 from lladax.replay import corpus, report, stages
 from lladax.replay.settings import ReplayConfig
 
@@ -49,7 +50,7 @@ def _run_stage(config) -> tuple[dict, float]:
     if recorded['done'] and config.job == 'train':
       logging.info('replay: %s is done; skipping it', config.workdir)
       return recorded['result'], recorded['seconds']
-  _write_json(path, recorded)
+  runner.write_json(path, recorded)
   start = time.perf_counter()
   result = jobs.run(config)
   if not recorded['done']:   # a finished evaluation only re-reads its cells: no time to count
@@ -58,15 +59,8 @@ def _run_stage(config) -> tuple[dict, float]:
   if config.job == 'train':
     result = {'model_dir': result['model_dir'], 'history': result['history']}
     recorded['result'] = result
-  _write_json(path, recorded)
+  runner.write_json(path, recorded)
   return result, recorded['seconds']
-
-
-def _write_json(path: str, value) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, default=str)
-  os.replace(tmp, path)
 
 
 def run(config) -> dict:
