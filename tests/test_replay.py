@@ -3,13 +3,14 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from helpers import run_lladax
 from lladax import rope
 from lladax.config import ConfigError
 from lladax.data import tokenizers
-from lladax.replay import corpus, report, stages
+from lladax.replay import corpus, probe, report, stages
 from lladax.replay.settings import ReplayConfig
 
 TOK = tokenizers.ByteTokenizer()
@@ -123,6 +124,53 @@ def lladax(*args, check=True):
   return run_lladax(*args, check=check, timeout=900)
 
 
+def _oracle(truth_rows, vocab=300, wrong=False):
+  """logits_fn that knows every row's true tokens (rows padded with 0, as the probe pads them);
+  wrong=True puts its mass on the next token id instead."""
+  width = max(len(r) for r in truth_rows)
+  truth = np.zeros((len(truth_rows), width), np.int32)
+  for i, r in enumerate(truth_rows):
+    truth[i, :len(r)] = r
+  def logits_fn(tokens, positions, segments):
+    assert tokens.shape == truth.shape and (np.asarray(segments)[truth == 0] == 0).all()
+    return np.eye(vocab)[(truth + wrong) % vocab]
+  return logits_fn
+
+
+def test_probe_scores_the_masked_tokens_only():
+  rows = [[257, 5, 6, 7, 8], [257, 9, 10]]
+  masks = [np.array([0, 0, 1, 1, 0], bool), np.array([0, 1, 0], bool)]
+  right = probe.masked_predictions(_oracle(rows), rows, masks, mask_id=258, batch_size=8)
+  assert [list(h) for h in right] == [[True, True], [True]]
+  wrong = probe.masked_predictions(_oracle(rows, wrong=True), rows, masks, 258, batch_size=8)
+  assert [list(h) for h in wrong] == [[False, False], [False]]
+
+
+def test_probe_rows_hide_the_needle_value_and_the_second_copy(prose):
+  from lladax.evals import niah
+  settings = corpus.niah_settings((256, 512), 96, repeats=2)
+  needles = corpus.needles(0, 8, 4)
+  builder = niah.Builder(settings, needles, prose.held_out, TOK)
+  rows, masks = probe.retrieval_rows(builder, TOK, 257, 256, (0.0, 50.0, 100.0), 2)
+  assert len(rows) == 6
+  for repeat, (row, mask) in enumerate(zip(rows, masks)):
+    cell = builder.cell(256, (0.0, 50.0, 100.0)[repeat % 3], repeat // 3)
+    value = needles[cell['needle']]['answer']
+    assert TOK.decode(list(np.asarray(row)[mask])) == value
+    assert row[0] == 257 and TOK.decode(row[1:]) == cell['prompt'] + value + '.'
+    assert len(row) <= 256 + 8     # the prompt is a 1T prompt
+
+  passages = probe.passages(prose.held_out, 5)
+  assert len(passages) == 5 and all(len(p) == probe.COPY_BYTES for p in passages)
+  rows, masks, alone, alone_masks = probe.copy_rows(passages, TOK, 257, seed=0)
+  for row, mask, single, single_mask, text in zip(rows, masks, alone, alone_masks, passages):
+    n = len(TOK.encode(text))
+    assert row[1:1 + n] == row[1 + n:] == TOK.encode(text)
+    assert not mask[:1 + n].any() and mask[1 + n:].sum() == int(n * probe.COPY_MASKED)
+    # The control is the second copy alone with the same bytes hidden.
+    assert single == [257] + TOK.encode(text) and (single_mask[1:] == mask[1 + n:]).all()
+
+
 def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
   workdir = tmp_path / 'mini'
   lladax('--config', 'configs/mini/smoke.py', f'--config.workdir={workdir}')
@@ -139,6 +187,12 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
   assert '--config configs/mini/smoke.py' in text   # the command that made it
   table = [l for l in text.splitlines() if l.startswith('|')]
   assert len(table) == 2 + 3 + 3 and 'post-trained at 2T, concat (seeds 0)' in table[-1]
+  probes = summary['probes']
+  assert probes['length'] == 128 and probes['retrieval_prompts'] == 3   # 3 depths, 1 draw
+  assert all(0 <= probes[k] <= 1 for k in ('retrieval_digit_accuracy', 'retrieval_exact',
+                                           'copy_accuracy_with_copy',
+                                           'copy_accuracy_without_copy'))
+  assert 'Base model, teacher-forced at T = 128' in text
   for picture in ('ppl', 'niah_by_length', 'niah_none', 'niah_post_segment'):
     assert (out / f'{picture}.png').stat().st_size > 1000
 
@@ -173,3 +227,33 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
                '--config.replay.post_steps=3', check=False)
   assert bad.returncode == 2
   assert 'post/segment_seed0 holds a stage run with other settings (config.train)' in bad.stderr
+
+
+def _copy_task():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'mini' / 'copy_task.py'
+  spec = importlib.util.spec_from_file_location('copy_task', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_copy_task_rows_repeat_their_string_and_mark_the_second_copy():
+  task = _copy_task()
+  tokens, segments, second = task.rows(np.random.default_rng(0), 20)
+  for row, seg, span in zip(tokens, segments, second):
+    n = int(span.sum())
+    assert 8 <= n <= 40
+    end = int(seg.sum())        # BOS ... EOS, then padding with segment 0
+    text = TOK.decode([int(t) for t in row[1:end - 1]])
+    s = text[len('Copy '):len('Copy ') + n]
+    assert text == f'Copy {s}\nAgain {s}'
+    assert TOK.decode([int(t) for t in row[span]]) == s and row[end - 1] == task.EOS
+
+
+def test_copy_task_trains_and_probes_both_networks():
+  task = _copy_task()
+  for extra in ([], ['--independent', '--visible-source']):
+    curve = task.main(['--steps', '2', '--every', '1', '--batch', '4'] + extra)
+    assert [s for s, _ in curve] == [0, 1, 2] and all(0 <= a <= 1 for _, a in curve)

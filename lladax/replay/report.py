@@ -157,11 +157,11 @@ def _figures(out_dir: str, summary: dict) -> dict:
 
 
 def write(out_dir: str, rcfg, evaluated: dict, pretrained: dict, instructed: dict | None,
-          posttrained: dict, seconds: dict) -> dict:
+          posttrained: dict, seconds: dict, probes: dict) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   summary = dict(summarise(rcfg, evaluated), lengths=list(rcfg.lengths),
                  train_length=rcfg.train_length, post_length=rcfg.post_length,
-                 seconds=seconds,
+                 seconds=seconds, probes=probes,
                  training={'pretrain': pretrained['history'],
                            **({'instruct': instructed['history']} if instructed else {}),
                            **{k: v['history'] for k, v in posttrained.items()}})
@@ -187,6 +187,17 @@ def machine() -> dict:
           'cpus': os.cpu_count(), 'jax': jax.__version__, 'python': platform.python_version()}
 
 
+def probe_line(p: dict) -> str:
+  """The base model's teacher-forced probes (lladax/replay/probe.py) as one sentence."""
+  return (f'Base model, teacher-forced at T = {p["length"]} (one forward pass, no sampler): '
+          f'{100 * p["retrieval_digit_accuracy"]:.1f}% of the needle value\'s digits and '
+          f'{100 * p["retrieval_exact"]:.1f}% of whole values right on the '
+          f'{p["retrieval_prompts"]} 1T prompts (chance: 10% of digits); copying a masked quarter '
+          f'of a held-out passage written twice: {100 * p["copy_accuracy_with_copy"]:.1f}% with '
+          f'the first copy in context, {100 * p["copy_accuracy_without_copy"]:.1f}% without it '
+          f'({p["copy_passages"]} passages; a gap means the copying circuit has formed).')
+
+
 def markdown(summary: dict) -> str:
   """results.md: how it was made, the table, and where the time went."""
   m = summary['machine']
@@ -208,6 +219,7 @@ def markdown(summary: dict) -> str:
       'PPL is LongLLaDA\'s estimator on held-out prose (bytes). Post-trained rows are mean ± '
       'sample standard deviation over seeds.', '',
       markdown_table(summary), '',
+      probe_line(summary['probes']), '',
       f'Wall time: {total / 60:.1f} min in all; '
       + ', '.join(f'{k} {v / 60:.1f} min' for k, v in groups.items()) + '.', '']
   return '\n'.join(lines)

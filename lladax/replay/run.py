@@ -1,6 +1,7 @@
 """The replay job: UltraLLaDA's and LongLLaDA's experiments in miniature, end to end.
 
-  data -> pretrain at T -> (retrieval SFT at T) -> evaluate training-free RoPE rules
+  data -> pretrain at T -> (retrieval SFT at T) -> probe the base model at T
+    -> evaluate training-free RoPE rules
     -> post-train at post_multiple*T per packing strategy and seed -> evaluate them
     -> results table, heatmaps and perplexity plot
 
@@ -16,11 +17,11 @@ import logging
 import os
 import time
 
-from lladax import jobs
+from lladax import checkpoint, jobs
 from lladax.config import ConfigError, from_section
 from lladax.data import tokenizers
-from lladax.evals import runner
-from lladax.replay import corpus, report, stages
+from lladax.evals import haystack, niah, runner
+from lladax.replay import corpus, probe, report, stages
 from lladax.replay.settings import ReplayConfig
 
 
@@ -63,6 +64,19 @@ def _run_stage(config) -> tuple[dict, float]:
   return result, recorded['seconds']
 
 
+def _probe(rcfg: ReplayConfig, files: dict, tokenizer, model_dir: str, seed: int) -> dict:
+  """The base model's teacher-forced probes at T, on the evaluation's own 1T prompts (the same
+  settings and lengths, so the same haystacks) and held-out prose."""
+  model, _ = checkpoint.load_model(model_dir, dtype='float32', param_dtype='float32')
+  settings = corpus.niah_settings(rcfg.lengths, rcfg.length_buffer, repeats=rcfg.niah_repeats,
+                                  haystack=files['haystack'], needles=files['needles'])
+  docs = haystack.read_documents(files['haystack'], 'the replay probe')
+  builder = niah.Builder(settings, niah.load_needles(settings), docs, tokenizer)
+  return probe.run(model, tokenizer, model.cfg.mask_token_id, model.cfg.bos_token_id, builder,
+                   docs, length=rcfg.train_length, depths=rcfg.niah_depths,
+                   repeats=rcfg.niah_repeats, seed=seed)
+
+
 def run(config) -> dict:
   rcfg = from_section(ReplayConfig, config.get('replay'), 'config.replay')
   if not config.get('workdir'):
@@ -82,6 +96,8 @@ def run(config) -> dict:
   if rcfg.instruct_steps:
     base, seconds['instruct'] = _run_stage(stages.instruct(config, rcfg, files, workdir,
                                                            pre['model_dir']))
+  probes = _probe(rcfg, files, tok, base['model_dir'], config.seed)
+  logging.info('replay: base model probes at T: %s', probes)
   posttrained, post_results = {}, {}
   for seed in rcfg.seeds:
     for strategy in rcfg.strategies:
@@ -99,6 +115,6 @@ def run(config) -> dict:
   logging.info('replay: this invocation took %.0f s', time.perf_counter() - start)
   out_dir = rcfg.report_dir or os.path.join(workdir, 'report')
   summary = report.write(out_dir, rcfg, evaluated, pre, base if base is not pre else None,
-                        post_results, seconds)
+                        post_results, seconds, probes)
   print(report.markdown_table(summary))
   return summary
