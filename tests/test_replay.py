@@ -10,6 +10,7 @@ from helpers import run_lladax
 from lladax import rope
 from lladax.config import ConfigError
 from lladax.data import tokenizers
+from lladax.evals import niah
 from lladax.replay import corpus, probe, report, stages
 from lladax.replay.settings import ReplayConfig
 
@@ -94,11 +95,11 @@ def test_near_and_far_split_at_the_trained_distance():
 
 def _evaluated(name, strategy, seed, exact, ppl):
   variant = stages.Variant(name, f'/m/{name}', 'none', strategy, seed)
-  niah = {'rope': {'base': 1e5}, 'lengths': [256], 'depths': [0.0],
-          'grid': {'exact': [[exact]]}, 'cells': [_cell(256, 0.0, exact)]}
+  niah_result = {'rope': {'base': 1e5}, 'lengths': [256], 'depths': [0.0],
+                 'grid': {'exact': [[exact]]}, 'cells': [_cell(256, 0.0, exact)]}
   ppl_result = {'perplexity': {'longllada': {'256': ppl}},
                 'curves': {'longllada': {'positions': [256], 'perplexity': [ppl]}}}
-  return variant, niah, ppl_result
+  return variant, niah_result, ppl_result
 
 
 def test_strategies_are_averaged_over_seeds_with_their_spread():
@@ -147,7 +148,6 @@ def test_probe_scores_the_masked_tokens_only():
 
 
 def test_probe_rows_hide_the_needle_value_and_the_second_copy(prose):
-  from lladax.evals import niah
   settings = corpus.niah_settings((256, 512), 96, repeats=2)
   needles = corpus.needles(0, 8, 4)
   builder = niah.Builder(settings, needles, prose.held_out, TOK)

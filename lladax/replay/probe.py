@@ -69,13 +69,13 @@ def retrieval_rows(builder: niah.Builder, tokenizer, bos_id: int, length: int,
   return rows, masks
 
 
-def copy_rows(passages: Sequence[str], tokenizer, bos_id: int,
+def copy_rows(texts: Sequence[str], tokenizer, bos_id: int,
               seed: int) -> tuple[list, list, list, list]:
   """(rows, masks) with the passage written twice, and the control (rows, masks): the second copy
   alone with the same bytes masked. Passages are cut to COPY_BYTES tokens."""
   rng = np.random.default_rng(seed)
   rows, masks, alone, alone_masks = [], [], [], []
-  for text in passages:
+  for text in texts:
     ids = tokenizer.encode(text)[:COPY_BYTES]
     hide = np.zeros(len(ids), bool)
     hide[rng.choice(len(ids), max(1, int(len(ids) * COPY_MASKED)), replace=False)] = True
