@@ -1,9 +1,11 @@
 """The single-host demo data: generated retrieval records and the greedy packer."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
+from lladax import train_step
 from lladax.config import ConfigError
 from lladax.data import retrieval, simple, tokenizers
 
@@ -27,7 +29,9 @@ def test_key_value_records_ask_their_own_keys_and_mark_only_values_as_answers():
   cfg = simple.DataConfig(source='retrieval', n_pairs=4, max_questions=4, seq_len=48)
   rng = np.random.default_rng(1)
   for _ in range(50):
-    tokens, given = simple.retrieval_row(rng, tok, cfg, eos_id=tok.EOS, bos_id=tok.BOS)
+    tokens, given, segments = simple.retrieval_row(rng, tok, cfg, eos_id=tok.EOS,
+                                                   bos_id=tok.BOS)
+    assert (segments == 1).all()   # LLaDA's SFT: the padding is part of the row
     text = tok.decode(tokens)
     context, questions = text.split(' | ')
     pairs = dict(p.split(':') for p in context.split(' '))
@@ -77,6 +81,30 @@ def test_sft_records_mask_only_their_answers_and_every_record_comes_once_per_epo
   assert sorted(seen) == [f'{i}.' for i in range(6)]
 
 
+def test_ignored_sft_padding_leaves_the_loss_only_the_answer_and_one_eos(tmp_path):
+  tok = tokenizers.ByteTokenizer()
+  records = [{'prompt': 'the code is ', 'answer': '4821.'}, {'prompt': 'x is ', 'answer': '7.'}]
+  kept = {}
+  for padding in ('answer', 'ignored'):
+    cfg = simple.DataConfig(source='sft_jsonl', path=_sft_file(tmp_path, records), seq_len=32,
+                            batch_size=2, sft_padding=padding)
+    b = next(simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS))
+    # p = 1 - eps masks every maskable token, so `masked` is exactly what the loss can score.
+    noised = train_step.noise(b, jax.random.PRNGKey(0), mask_id=258, eps=1.0, sft=True)
+    kept[padding] = b, noised
+  b, noised = kept['ignored']
+  for tokens, segments, masked in zip(b['tokens'], b['segment_ids'], np.asarray(noised['masked'])):
+    answer = tok.decode([t for t in tokens[masked] if t != tok.EOS])
+    assert answer in ('4821.', '7.')
+    assert masked.sum() == len(answer) + 1 and tokens[masked][-1] == tok.EOS   # one EOS ends it
+    length = int(segments.sum())
+    assert (segments[:length] == 1).all() and (segments[length:] == 0).all()
+    assert tokens[length - 1] == tok.EOS and masked[length - 1] and not masked[length:].any()
+  b, noised = kept['answer']
+  assert (b['segment_ids'] == 1).all()
+  assert (np.asarray(noised['masked']).sum(axis=1) == 32 - b['prompt_mask'].sum(axis=1)).all()
+
+
 def test_sft_records_that_cannot_be_trained_are_named(tmp_path):
   tok = tokenizers.ByteTokenizer()
 
@@ -90,3 +118,8 @@ def test_sft_records_that_cannot_be_trained_are_named(tmp_path):
     open_(_sft_file(tmp_path, [{'prompt': 'a', 'answer': 'b'}, {'prompt': 'a'}]))
   with pytest.raises(ConfigError, match=r'sft.jsonl line 1: 22 tokens with BOS and EOS; raise'):
     open_(_sft_file(tmp_path, [{'prompt': 'a' * 19, 'answer': 'b'}]), seq_len=16)
+
+
+def test_an_unknown_sft_padding_is_named():
+  with pytest.raises(ConfigError, match='config.data.sft_padding'):
+    simple.DataConfig(source='sft_jsonl', sft_padding='eos')

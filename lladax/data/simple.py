@@ -1,7 +1,8 @@
 """Single-host batches for the minimal training loop and the demo.
 
 Three sources: `retrieval` (generated prompt/answer rows, trained as SFT: the prompt is never
-masked and rows are right-padded with EOS, which counts as answer as in LLaDA's SFT),
+masked and rows are right-padded with EOS, which counts as answer as in LLaDA's SFT unless
+`sft_padding='ignored'`),
 `sft_jsonl` (the same for {"prompt", "answer"} records of a local JSON-lines file) and
 `text_files` (documents read from local files and packed into rows with segment ids). The Grain
 pipeline for pods lives beside this; these are numpy generators for one process.
@@ -21,6 +22,12 @@ from lladax.config import ConfigError, choice
 from lladax.data import retrieval
 
 SOURCES = ('retrieval', 'sft_jsonl', 'text_files', 'pipeline')
+# 'answer': LLaDA's SFT, the EOS padding after an answer is answer too (masked, in the loss), so
+# the model learns to end its replies. 'ignored': one EOS ends the answer and the rest of the row
+# is padding (segment 0: never attended, masked or scored). Use it when rows are long and answers
+# short: with 'answer', a 5-token answer in a 256-token row is over 90% EOS, and the model learns
+# to predict EOS at every mask before it learns the answer (docs/mini/README.md).
+SFT_PADDING = ('answer', 'ignored')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +42,12 @@ class DataConfig:
   max_questions: int = 1      # retrieval: each record asks 1..max_questions keys
   needle: str = ''            # retrieval: a fixed key hidden among the pairs and always the one
                               # asked ('' asks the pairs' own keys)
+  sft_padding: str = 'answer'  # retrieval, sft_jsonl: what the EOS padding after an answer is
+                               # ('answer' as in LLaDA, or 'ignored'; see SFT_PADDING)
 
   def __post_init__(self):
     choice(self.source, SOURCES, 'config.data.source')
+    choice(self.sft_padding, SFT_PADDING, 'config.data.sft_padding')
     if self.seq_len <= 0 or self.batch_size <= 0:
       raise ConfigError('config.data.seq_len and batch_size must be positive.')
 
@@ -65,14 +75,15 @@ def text_documents(pattern: str) -> list[str]:
 
 
 def retrieval_row(rng, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None):
-  """tokens [seq_len] and prompt mask for one SFT record, right-padded with EOS (an answer)."""
+  """tokens, prompt mask and segment ids [seq_len] for one SFT record (see sft_row)."""
   pieces = retrieval.record(rng, cfg.n_pairs, int(rng.integers(1, cfg.max_questions + 1)),
                             cfg.needle)
   return sft_row(pieces, tokenizer, cfg, eos_id, bos_id)
 
 
 def sft_row(pieces, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None, where: str = ''):
-  """tokens [seq_len] and prompt mask from (text, is_answer) pieces, right-padded with EOS."""
+  """tokens, prompt mask and segment ids [seq_len] from (text, is_answer) pieces, right-padded
+  with EOS; under sft_padding='ignored' the padding after the first EOS has segment 0."""
   ids = [bos_id] if bos_id is not None else []
   given = [True] * len(ids)
   for text, is_answer in pieces:
@@ -85,7 +96,9 @@ def sft_row(pieces, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None, where:
     raise ConfigError(f'config.data.seq_len={cfg.seq_len} is too short for {what}: '
                       f'{len(ids) + 1} tokens with BOS and EOS; raise seq_len.')
   pad = cfg.seq_len - len(ids)
-  return (np.array(ids + [eos_id] * pad, np.int32), np.array(given + [False] * pad))
+  kept = len(ids) + 1 if cfg.sft_padding == 'ignored' else cfg.seq_len
+  return (np.array(ids + [eos_id] * pad, np.int32), np.array(given + [False] * pad),
+          (np.arange(cfg.seq_len) < kept).astype(np.int32))
 
 
 def pack_rows(docs_tokens: Iterator[list[int]], seq_len: int, pad_id: int):
@@ -164,12 +177,12 @@ def _sft_batches(cfg, rows, rng):
 
 
 def _sft_batch(rows) -> dict:
-  """(tokens, prompt mask) rows as a batch: one record per row, positions from 0."""
+  """(tokens, prompt mask, segment ids) rows as a batch: one record per row, positions from 0."""
   b, t = len(rows), len(rows[0][0])
   return {
       'tokens': np.stack([r[0] for r in rows]),
       'prompt_mask': np.stack([r[1] for r in rows]),
-      'segment_ids': np.ones((b, t), np.int32),
+      'segment_ids': np.stack([r[2] for r in rows]),
       'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
   }
 
