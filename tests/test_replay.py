@@ -1,6 +1,8 @@
 """The miniature replay (configs/mini): its data, its report, and the recipe shrunk to seconds."""
+import importlib.util
 import json
 import math
+import pathlib
 import re
 
 import numpy as np
@@ -11,7 +13,7 @@ from lladax import rope
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import niah
-from lladax.replay import corpus, probe, report, stages
+from lladax.replay import corpus, probe, report, run, stages
 from lladax.replay.settings import ReplayConfig
 
 TOK = tokenizers.ByteTokenizer()
@@ -125,6 +127,34 @@ def lladax(*args, check=True):
   return run_lladax(*args, check=check, timeout=900)
 
 
+def _module(*parts):
+  """A Python file of this repository (a recipe, a docs script) loaded as a module."""
+  path = pathlib.Path(__file__).resolve().parents[1].joinpath(*parts)
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_an_sft_setting_changes_only_the_stage_that_reads_it():
+  recipe = _module('configs', 'mini', 'ultra.py')
+  files = dict(prose='p', retrieval_pre='r', retrieval_post='q', retrieval_sft='s')
+
+  def settings(sft_padding):
+    config = recipe.get_config()
+    config.data.sft_padding = sft_padding
+    rcfg = ReplayConfig()
+    return [run._stage_settings(c) for c in (
+        stages.pretrain(config, rcfg, files, '/w'),
+        stages.posttrain(config, rcfg, files, '/w', '/w/base', 'eod', 0),
+        stages.instruct(config, rcfg, files, '/w', '/w/base'))]
+
+  (pre_a, post_a, sft_a), (pre_b, post_b, sft_b) = settings('answer'), settings('ignored')
+  # A finished pre-training or post-training folder stays valid; the instruct stage is new.
+  assert pre_a == pre_b and post_a == post_b and sft_a != sft_b
+  assert pre_a['data']['seq_len'] == 256 and post_a['data']['seq_len'] == 1024
+
+
 def _oracle(truth_rows, vocab=300, wrong=False):
   """logits_fn that knows every row's true tokens (rows padded with 0, as the probe pads them);
   wrong=True puts its mass on the next token id instead."""
@@ -230,13 +260,7 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
 
 
 def _copy_task():
-  import importlib.util
-  import pathlib
-  path = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'mini' / 'copy_task.py'
-  spec = importlib.util.spec_from_file_location('copy_task', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _module('docs', 'mini', 'copy_task.py')
 
 
 def test_copy_task_rows_repeat_their_string_and_mark_the_second_copy():

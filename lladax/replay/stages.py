@@ -18,6 +18,7 @@ import os
 import ml_collections
 
 from lladax import presets
+from lladax.data import simple
 from lladax.evals import niah, perplexity, runner
 from lladax.replay import corpus
 from lladax.replay.settings import ReplayConfig
@@ -40,6 +41,14 @@ def _copy(config) -> ml_collections.ConfigDict:
   return out
 
 
+def _pipeline_data(seq_len: int, batch_size: int) -> ml_collections.ConfigDict:
+  """config.data of a stage that reads the Grain pipeline: only what that reads, so a setting
+  for another stage (e.g. data.sft_padding for the instruct stage) does not make a finished
+  pre-training or post-training folder look like another run's."""
+  return presets.section(simple.DataConfig, source='pipeline', seq_len=seq_len,
+                         batch_size=batch_size)
+
+
 def _sources(prose: str, retrieval: str, weight: float) -> tuple:
   return ({'kind': 'jsonl', 'path': prose, 'text_field': 'text', 'weight': 1.0},
           {'kind': 'jsonl', 'path': retrieval, 'text_field': 'text', 'weight': weight})
@@ -52,7 +61,7 @@ def pretrain(config, rcfg: ReplayConfig, files: dict, workdir: str):
   c.checkpoint = ''
   c.model.max_sequence_length = rcfg.train_length
   c.rope = presets.section(presets.RopeConfig)
-  c.data.update(source='pipeline', seq_len=rcfg.train_length)
+  c.data = _pipeline_data(rcfg.train_length, config.data.batch_size)
   c.pipeline.update(seq_len=rcfg.train_length, batch_size=c.data.batch_size,
                     sources=_sources(files['prose'], files['retrieval_pre'],
                                      rcfg.retrieval_weight))
@@ -91,7 +100,7 @@ def posttrain(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model:
   c.checkpoint = base_model
   c.rope = presets.section(presets.RopeConfig, rule='diffusion_ntk',
                            target_length=rcfg.post_length)
-  c.data.update(source='pipeline', seq_len=rcfg.post_length, batch_size=rcfg.post_batch_size)
+  c.data = _pipeline_data(rcfg.post_length, rcfg.post_batch_size)
   # UltraLLaDA's three packings differ only in how documents are kept apart: segment ids (each
   # document still ends with EOS, as in pre-training), an EOD token (EOS) between documents in
   # one attention span, or nothing at all ("plain concatenation": no EOS either, else it would
