@@ -1,5 +1,6 @@
 """Shared tiny shapes, NumPy references written from the documented architecture, and the CLI."""
 import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -76,6 +77,15 @@ def replace(cfg, **kw):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_module(*parts: str):
+  """A Python file of this checkout (a recipe in configs/, a script in docs/) as a module."""
+  path = os.path.join(ROOT, *parts)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(parts[-1])[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def run_lladax(*args, check=True, timeout=600):

@@ -1,21 +1,14 @@
 """The attention benchmark recipe runs end to end (tiny shapes) and reports what it should."""
-import importlib.util
 import json
-import os
 
 import pytest
 
+from helpers import repo_module
 from lladax.attention import bench
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def recipe():
-  spec = importlib.util.spec_from_file_location(
-      'attention_bench', os.path.join(ROOT, 'configs', 'attention_bench.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return repo_module('configs', 'attention_bench.py').get_config()
 
 
 def tiny(c, **overrides):

@@ -1,21 +1,14 @@
 """The data benchmark recipe runs end to end (tiny: small rows and vocabularies, a short time)."""
-import importlib.util
 import json
-import os
 
 import pytest
 
+from helpers import repo_module
 from lladax.data import bench
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def recipe():
-  spec = importlib.util.spec_from_file_location('data_bench', os.path.join(ROOT, 'configs',
-                                                                          'data_bench.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return repo_module('configs', 'data_bench.py').get_config()
 
 
 def test_demand_follows_the_flops_formula():

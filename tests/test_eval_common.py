@@ -1,15 +1,12 @@
 """Shared fixtures of the evaluation tests: a tiny saved checkpoint and recipe builders."""
 import dataclasses
-import importlib.util
-import os
 
 import pytest
 
+from helpers import repo_module
 from lladax import checkpoint, model as model_lib, presets
 from lladax.config import from_section
 from lladax.model_config import ModelConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model_config(**overrides) -> ModelConfig:
@@ -31,10 +28,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def recipe(name: str, workdir, **sections):
   """configs/<name>.py with the byte tokenizer, float32 compute and section overrides."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = repo_module('configs', f'{name}.py').get_config()
   c.workdir = str(workdir)
   c.tokenizer = presets.byte_tokenizer()
   c.model.update(dtype='float32', param_dtype='float32')

@@ -11,7 +11,8 @@ from lladax import jobs
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import haystack, niah
-from tests.test_eval_common import ROOT, recipe, tiny_checkpoint  # noqa: F401 (fixture)
+from helpers import ROOT
+from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
 BYTES = tokenizers.ByteTokenizer()
 

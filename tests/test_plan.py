@@ -1,15 +1,13 @@
 """The plan job: ahead-of-time compilation for TPU topologies on this CPU host (needs libtpu)."""
-import importlib.util
 import json
-import os
 
 import pytest
 
+from helpers import repo_module
 from lladax import flops, model_config, plan, sharding, tpu_chips, train_step
 from lladax.config import ConfigError
 from lladax.model_config import ModelConfig
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 needs_libtpu = pytest.mark.skipif(
     not tpu_chips.libtpu_available(),
@@ -18,10 +16,7 @@ needs_libtpu = pytest.mark.skipif(
 
 
 def recipe(name):
-  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIGS, name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return repo_module('configs', name).get_config()
 
 
 @needs_libtpu

@@ -1,14 +1,12 @@
 """The miniature replay (configs/mini): its data, its report, and the recipe shrunk to seconds."""
-import importlib.util
 import json
 import math
-import pathlib
 import re
 
 import numpy as np
 import pytest
 
-from helpers import run_lladax
+from helpers import repo_module, run_lladax
 from lladax import rope
 from lladax.config import ConfigError
 from lladax.data import tokenizers
@@ -127,17 +125,8 @@ def lladax(*args, check=True):
   return run_lladax(*args, check=check, timeout=900)
 
 
-def _module(*parts):
-  """A Python file of this repository (a recipe, a docs script) loaded as a module."""
-  path = pathlib.Path(__file__).resolve().parents[1].joinpath(*parts)
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_an_sft_setting_changes_only_the_stage_that_reads_it():
-  recipe = _module('configs', 'mini', 'ultra.py')
+  recipe = repo_module('configs', 'mini', 'ultra.py')
   files = dict(prose='p', retrieval_pre='r', retrieval_post='q', retrieval_sft='s')
 
   def settings(sft_padding):
@@ -260,7 +249,7 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
 
 
 def _copy_task():
-  return _module('docs', 'mini', 'copy_task.py')
+  return repo_module('docs', 'mini', 'copy_task.py')
 
 
 def test_copy_task_rows_repeat_their_string_and_mark_the_second_copy():

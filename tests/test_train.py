@@ -1,23 +1,17 @@
-import importlib.util
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import repo_module
 from lladax import checkpoint, demo, presets, train
 from lladax.config import ConfigError
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-
 
 def recipe(name):
-  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIGS, name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return repo_module('configs', name).get_config()
 
 
 def tiny_recipe(tmp_path, **train_kw):

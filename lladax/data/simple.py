@@ -146,11 +146,12 @@ def batches(cfg: DataConfig, tokenizer, seed: int, *, eos_id: int, bos_id=None) 
 
 def sft_records(path: str) -> list[tuple[int, dict]]:
   """(line number, record) of every non-blank line; each record needs 'prompt' and 'answer'."""
-  if not path or not os.path.isfile(expand_path(path)):
+  local = expand_path(path)
+  if not path or not os.path.isfile(local):
     raise ConfigError(f"config.data.source='sft_jsonl' needs config.data.path, a .jsonl file of "
                       f'{{"prompt", "answer"}} records; {path!r} is not a file.')
   out = []
-  with open(expand_path(path), encoding='utf-8') as f:
+  with open(local, encoding='utf-8') as f:
     for i, line in enumerate(f, 1):
       if not line.strip():
         continue

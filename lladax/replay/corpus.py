@@ -182,11 +182,10 @@ def build(rcfg, tokenizer, directory: str, seed: int) -> dict[str, str]:
   write_jsonl(files['haystack'], text.held_out)
   write_jsonl(files['needles'], needles(seed + 2, 64, rcfg.value_digits))
   ppl_text = '\n\n'.join(text.held_out)
-  need = max(rcfg.lengths)
-  if len(tokenizer.encode(ppl_text)) < need:
-    raise ConfigError(f'the held-out prose has {len(tokenizer.encode(ppl_text))} tokens, fewer '
-                      f'than the longest evaluation length {need}; lower config.replay.multiples '
-                      'or raise prose_limit.')
+  need, have = max(rcfg.lengths), len(tokenizer.encode(ppl_text))
+  if have < need:
+    raise ConfigError(f'the held-out prose has {have} tokens, fewer than the longest evaluation '
+                      f'length {need}; lower config.replay.multiples or raise prose_limit.')
   with open(files['ppl'], 'w', encoding='utf-8') as f:
     f.write(ppl_text)
   with open(manifest_path, 'w', encoding='utf-8') as f:

@@ -65,16 +65,15 @@ def _run_stage(config) -> tuple[dict, float]:
 
 
 def _probe(rcfg: ReplayConfig, files: dict, tokenizer, model_dir: str, seed: int) -> dict:
-  """The base model's teacher-forced probes at T, on the evaluation's own 1T prompts (the same
-  settings and lengths, so the same haystacks) and held-out prose."""
+  """The base model's teacher-forced probes at T, on the evaluation's own 1T prompts (its NIAH
+  settings, so the same haystacks and needles) and held-out prose."""
   model, _ = checkpoint.load_model(model_dir, dtype='float32', param_dtype='float32')
-  settings = corpus.niah_settings(rcfg.lengths, rcfg.length_buffer, repeats=rcfg.niah_repeats,
-                                  haystack=files['haystack'], needles=files['needles'])
-  docs = haystack.read_documents(files['haystack'], 'the replay probe')
+  settings = stages.niah_grid(rcfg, files)
+  docs = haystack.read_documents(settings.haystack, 'the replay probe')
   builder = niah.Builder(settings, niah.load_needles(settings), docs, tokenizer)
   return probe.run(model, tokenizer, model.cfg.mask_token_id, model.cfg.bos_token_id, builder,
-                   docs, length=rcfg.train_length, depths=rcfg.niah_depths,
-                   repeats=rcfg.niah_repeats, seed=seed)
+                   docs, length=rcfg.train_length, depths=settings.resolved('depths'),
+                   repeats=settings.resolved('repeats'), seed=seed)
 
 
 def run(config) -> dict:

@@ -132,15 +132,20 @@ def _eval_base(config, job: str, variant: Variant, rcfg: ReplayConfig, workdir: 
   return c
 
 
-def niah_eval(config, rcfg: ReplayConfig, files: dict, workdir: str, variant: Variant):
-  c = _eval_base(config, 'eval_niah', variant, rcfg, workdir)
-  c.sample.update(temperature=0.0)
+def niah_grid(rcfg: ReplayConfig, files: dict) -> niah.NiahConfig:
+  """The evaluation's NIAH settings: every length, depth and draw, one token per decoding step.
+  The base-model probe reads its 1T prompts from the same settings."""
   n = rcfg.value_digits
-  settings = corpus.niah_settings(
+  return corpus.niah_settings(
       rcfg.lengths, rcfg.length_buffer, depths=tuple(rcfg.niah_depths),
       repeats=rcfg.niah_repeats, steps=n, gen_length=n, block_length=n,
       haystack=files['haystack'], needles=files['needles'])
-  c.niah = presets.section(niah.NiahConfig, **dataclasses.asdict(settings))
+
+
+def niah_eval(config, rcfg: ReplayConfig, files: dict, workdir: str, variant: Variant):
+  c = _eval_base(config, 'eval_niah', variant, rcfg, workdir)
+  c.sample.update(temperature=0.0)
+  c.niah = presets.section(niah.NiahConfig, **dataclasses.asdict(niah_grid(rcfg, files)))
   return c
 
 
