@@ -161,9 +161,26 @@ def test_probe_scores_the_masked_tokens_only():
   rows = [[257, 5, 6, 7, 8], [257, 9, 10]]
   masks = [np.array([0, 0, 1, 1, 0], bool), np.array([0, 1, 0], bool)]
   right = probe.masked_predictions(_oracle(rows), rows, masks, mask_id=258, batch_size=8)
-  assert [list(h) for h in right] == [[True, True], [True]]
+  assert [list(h) for h in right] == [[6, 7], [9]]
   wrong = probe.masked_predictions(_oracle(rows, wrong=True), rows, masks, 258, batch_size=8)
-  assert [list(h) for h in wrong] == [[False, False], [False]]
+  assert [list(h) for h in wrong] == [[7, 8], [10]]
+
+
+def test_retrieval_scores_tell_a_found_needle_from_ordered_digits():
+  digits = [ord(c) for c in '4821'], [ord(c) for c in '3395']
+  rows = [[257, 1, 2] + d + [ord('.')] for d in digits]
+  masks = [np.array([0, 0, 0, 1, 1, 1, 1, 0], bool)] * 2
+  exact = probe.retrieval_scores([np.array(d) for d in digits], rows, masks)
+  assert exact['retrieval_digit_accuracy'] == exact['retrieval_exact'] == 1.0
+  assert exact['retrieval_from_value'] == 1.0 and exact['retrieval_prompts'] == 2
+  # '4821' has 4 distinct digits and '3395' 3: a uniform guess lands in the value 35% of the time.
+  assert exact['retrieval_from_value_chance'] == pytest.approx((4 * 0.4 + 4 * 0.3) / 8)
+  # The needle's digits in the wrong slots: found, not ordered.
+  shuffled = probe.retrieval_scores([np.roll(d, 1) for d in digits], rows, masks)
+  assert shuffled['retrieval_exact'] == 0.0 and shuffled['retrieval_from_value'] == 1.0
+  assert shuffled['retrieval_digit_accuracy'] == pytest.approx(1 / 8)   # 3395 -> 5339: one 3
+  constant = probe.retrieval_scores([np.full(4, ord('7'))] * 2, rows, masks)
+  assert constant['retrieval_from_value'] == constant['retrieval_digit_accuracy'] == 0.0
 
 
 def test_probe_rows_hide_the_needle_value_and_the_second_copy(prose):
@@ -209,6 +226,8 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
   probes = summary['probes']
   assert probes['length'] == 128 and probes['retrieval_prompts'] == 3   # 3 depths, 1 draw
   assert all(0 <= probes[k] <= 1 for k in ('retrieval_digit_accuracy', 'retrieval_exact',
+                                           'retrieval_from_value',
+                                           'retrieval_from_value_chance',
                                            'copy_accuracy_with_copy',
                                            'copy_accuracy_without_copy'))
   assert 'Base model, teacher-forced at T = 128' in text
@@ -270,3 +289,41 @@ def test_copy_task_trains_and_probes_both_networks():
   for extra in ([], ['--independent', '--visible-source']):
     curve = task.main(['--steps', '2', '--every', '1', '--batch', '4'] + extra)
     assert [s for s, _ in curve] == [0, 1, 2] and all(0 <= a <= 1 for _, a in curve)
+
+
+def _retrieval_sft():
+  return repo_module('docs', 'mini', 'retrieval_sft.py')
+
+
+def test_retrieval_sft_rows_noise_only_the_answer_and_one_eos():
+  task = _retrieval_sft()
+  rng = np.random.default_rng(0)
+  needle = corpus.needles(0, 1, 4)[0]
+  prompt, answer = task.record(rng, ['lorem ipsum dolor sit amet ' * 4], needle, 0, 16)
+  assert prompt.endswith(f'{needle["question"]} {needle["stem"]} ')
+  assert needle['needle'] in prompt and answer == needle['answer'] + '.'
+  assert len(prompt) <= len(corpus.TEMPLATE) + 16 + 2 + sum(
+      len(needle[k]) for k in ('needle', 'question', 'stem'))
+  tokens, segments, span = task.sft_row(prompt, answer, 256)
+  end = int(segments.sum())
+  assert TOK.decode([int(t) for t in tokens[1:end - 1]]) == prompt + answer
+  assert TOK.decode([int(t) for t in tokens[span][:-1]]) == answer and tokens[span][-1] == TOK.EOS
+  assert span.sum() == len(answer) + 1 and not segments[end:].any()
+  with pytest.raises(ValueError, match='lower --haystack'):
+    task.sft_row(prompt, answer, 64)
+  rows, masks = task.probe_rows([(prompt, answer)])
+  assert TOK.decode(list(np.asarray(rows[0])[masks[0]])) == needle['answer']
+
+
+def test_retrieval_sft_fine_tunes_a_saved_model(tmp_path):
+  from lladax import checkpoint, model as model_lib, model_config, presets
+  from lladax.config import from_section
+  cfg = from_section(model_config.ModelConfig, presets.tiny_model(max_sequence_length=256),
+                     'config.model')
+  base = checkpoint.save_model(str(tmp_path / 'base'), model_lib.init(cfg, 0))
+  curve = _retrieval_sft().main(['--base', base, '--steps', '2', '--every', '1', '--batch', '2',
+                                 '--digits', '2'])
+  assert [s for s, _, _ in curve] == [0, 1, 2]
+  for _, near, far in curve:
+    assert near['retrieval_prompts'] == far['retrieval_prompts'] == 64
+    assert 0 <= near['retrieval_digit_accuracy'] <= near['retrieval_from_value'] <= 1

@@ -1,7 +1,10 @@
 """Teacher-forced probes of the replay's base model: one forward pass each, no sampler.
 
   retrieval  the NIAH prompts at T with their answers appended and the value's digits masked:
-             accuracy of the most likely token at each digit (chance 10%) and of whole values
+             accuracy of the most likely token at each digit (chance 10%) and of whole values,
+             and how often that token is one of the value's digits in any slot. A network that
+             finds the needle but cannot tell its digits' order scores 1/digits on the first
+             and near 100% on the second.
   copying    held-out prose passages written twice in one row, a quarter of the second copy's
              bytes masked: accuracy with the first copy in the row, and without it (the second
              copy alone, the same bytes masked). Induction heads show as the gap between the two.
@@ -29,8 +32,8 @@ COPY_BYTES = 48      # passage length: the two copies and BOS fit in any T >= 97
 def masked_predictions(logits_fn: LogitsFn, rows: Sequence[Sequence[int]],
                        masks: Sequence[np.ndarray], mask_id: int,
                        batch_size: int = 16) -> list[np.ndarray]:
-  """For each row (token ids) and mask (bool, same length): whether the most likely token at each
-  masked position is the row's own token. Rows are right-padded (segment 0) into batches."""
+  """For each row (token ids) and mask (bool, same length): the most likely token at each masked
+  position, in order. Rows are right-padded (segment 0) into batches."""
   out = []
   for start in range(0, len(rows), batch_size):
     chunk, chunk_masks = rows[start:start + batch_size], masks[start:start + batch_size]
@@ -47,8 +50,29 @@ def masked_predictions(logits_fn: LogitsFn, rows: Sequence[Sequence[int]],
     predicted = np.asarray(jnp.argmax(logits_fn(jnp.asarray(noisy), jnp.asarray(positions),
                                                 jnp.asarray(segments)), axis=-1))
     for i, (row, mask) in enumerate(zip(chunk, chunk_masks)):
-      out.append(predicted[i, :len(row)][mask] == np.asarray(row)[mask])
+      out.append(predicted[i, :len(row)][mask])
   return out
+
+
+def _hits(predicted: Sequence[np.ndarray], rows: Sequence[Sequence[int]],
+          masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+  return [p == np.asarray(r)[m] for p, r, m in zip(predicted, rows, masks)]
+
+
+def retrieval_scores(guesses: Sequence[np.ndarray], rows: Sequence[Sequence[int]],
+                     masks: Sequence[np.ndarray]) -> dict:
+  """Digit and whole-value accuracy of the guesses at the masked digits, and the share of guesses
+  that are one of the value's digits in any slot, with what a uniform guess over the ten digits
+  would get there ((distinct digits)/10, averaged over digits)."""
+  values = [np.asarray(r)[m] for r, m in zip(rows, masks)]
+  hits = [g == v for g, v in zip(guesses, values)]
+  from_value = [np.isin(g, v) for g, v in zip(guesses, values)]
+  chance = [np.full(len(v), len(set(v.tolist())) / 10) for v in values]
+  return {'retrieval_digit_accuracy': float(np.mean(np.concatenate(hits))),
+          'retrieval_exact': float(np.mean([h.all() for h in hits])),
+          'retrieval_from_value': float(np.mean(np.concatenate(from_value))),
+          'retrieval_from_value_chance': float(np.mean(np.concatenate(chance))),
+          'retrieval_prompts': len(hits)}
 
 
 def retrieval_rows(builder: niah.Builder, tokenizer, bos_id: int, length: int,
@@ -104,18 +128,18 @@ def run(logits_fn: LogitsFn, tokenizer, mask_id: int, bos_id: int, builder: niah
         copies: int = 32, seed: int = 0) -> dict:
   """Both probes; fractions in [0, 1]."""
   rows, masks = retrieval_rows(builder, tokenizer, bos_id, length, depths, repeats)
-  hits = masked_predictions(logits_fn, rows, masks, mask_id)
+  scores = retrieval_scores(masked_predictions(logits_fn, rows, masks, mask_id), rows, masks)
   pieces = passages(docs, copies)
   if not pieces:
     raise ValueError(f'no held-out document has {COPY_BYTES} characters for the copying probe')
   c_rows, c_masks, a_rows, a_masks = copy_rows(pieces, tokenizer, bos_id, seed)
-  with_copy = np.concatenate(masked_predictions(logits_fn, c_rows, c_masks, mask_id))
-  without = np.concatenate(masked_predictions(logits_fn, a_rows, a_masks, mask_id))
+  with_copy = np.concatenate(_hits(masked_predictions(logits_fn, c_rows, c_masks, mask_id),
+                                   c_rows, c_masks))
+  without = np.concatenate(_hits(masked_predictions(logits_fn, a_rows, a_masks, mask_id),
+                                 a_rows, a_masks))
   return {
       'length': length,
-      'retrieval_digit_accuracy': float(np.mean(np.concatenate(hits))),
-      'retrieval_exact': float(np.mean([h.all() for h in hits])),
-      'retrieval_prompts': len(hits),
+      **scores,
       'copy_accuracy_with_copy': float(np.mean(with_copy)),
       'copy_accuracy_without_copy': float(np.mean(without)),
       'copy_passages': len(pieces),
