@@ -3,8 +3,8 @@
   retrieval  the NIAH prompts at T with their answers appended and the value's digits masked:
              accuracy of the most likely token at each digit (chance 10%) and of whole values,
              and how often that token is one of the value's digits in any slot. A network that
-             finds the needle but cannot tell its digits' order scores 1/digits on the first
-             and near 100% on the second.
+             finds the needle but cannot tell its digits' order scores well above chance on
+             the last and only about 1/(distinct digits) of that on the first.
   copying    held-out prose passages written twice in one row, a quarter of the second copy's
              bytes masked: accuracy with the first copy in the row, and without it (the second
              copy alone, the same bytes masked). Induction heads show as the gap between the two.
