@@ -1,7 +1,7 @@
 """Can the miniature's base model learn the needle task when only the answer is noised? A test.
 
-  python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 800
-  python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 1200 --digits 2
+  python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 700
+  python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 1000 --digits 2
 
 Fine-tunes a pre-trained replay model (configs/mini/ultra.py's pretrain/model folder) on short
 retrieval records with LLaDA's SFT objective: the prompt is never masked and only the answer
@@ -20,13 +20,11 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from lladax import checkpoint, diffusion
-from lladax.data import tokenizers
+from lladax import checkpoint, diffusion, optimizer, train_step
+from lladax.data import simple, tokenizers
 from lladax.replay import corpus, probe
 
 TOK = tokenizers.ByteTokenizer()
@@ -49,18 +47,11 @@ def record(rng: np.random.Generator, prose: list[str], needle: dict, shortest: i
 
 
 def sft_row(prompt: str, answer: str, width: int) -> tuple[np.ndarray, ...]:
-  """tokens, segment ids (0 = padding, never attended or scored) and the answer's span."""
-  prompt_ids = [TOK.BOS] + TOK.encode(prompt)
-  ids = prompt_ids + TOK.encode(answer) + [TOK.EOS]
-  if len(ids) > width:
-    raise ValueError(f'a record of {len(ids)} tokens outgrows rows of {width}; lower --haystack.')
-  tokens = np.full(width, TOK.EOS, np.int32)
-  tokens[:len(ids)] = ids
-  segments = np.zeros(width, np.int32)
-  segments[:len(ids)] = 1
-  answer = np.zeros(width, bool)
-  answer[len(prompt_ids):len(ids)] = True
-  return tokens, segments, answer
+  """lladax's SFT row (tokens, prompt mask, segment ids) with sft_padding='ignored': the answer
+  and one EOS are noised and scored, the padding after them is segment 0."""
+  cfg = simple.DataConfig(source='sft_jsonl', seq_len=width, sft_padding='ignored')
+  return simple.sft_row([(prompt, False), (answer, True)], TOK, cfg, TOK.EOS, TOK.BOS,
+                        where='a record of this script (lower --haystack)')
 
 
 def probe_rows(records: list[tuple[str, str]]) -> tuple[list, list]:
@@ -101,20 +92,9 @@ def main(argv=None) -> list[tuple[int, dict, dict]]:
                                             args.haystack, args.haystack)))) + 2
               for n in needles)
 
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                          optax.adamw(args.lr, b2=0.95, weight_decay=0.0))
-  opt_state = optimizer.init(params)
-  positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (args.batch, width))
-
-  @jax.jit
-  def step(params, opt_state, tokens, segments, answer, key):
-    def loss_fn(p):
-      noisy, masked, prob = diffusion.forward_mask(key, tokens, mask_id, answer)
-      logits = nnx.merge(graph, p)(noisy, positions, segments)
-      return diffusion.loss(logits, tokens, masked, prob, segments > 0, answer)[0]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  tx = optimizer.adamw(optimizer.OptimConfig(learning_rate=args.lr, weight_decay=0.0))
+  opt_state = tx.init(params)
+  step = jax.jit(train_step.update_fn(graph, tx, mask_id=mask_id, eps=diffusion.EPS, sft=True))
 
   logits_fn = jax.jit(lambda p, t, pos, seg: nnx.merge(graph, p)(t, pos, seg))
   sets = [probe_rows(short), probe_rows(longer)]
@@ -137,9 +117,10 @@ def main(argv=None) -> list[tuple[int, dict, dict]]:
           for name, s in (('short', near), ('60-110', far))) +
           f'  {time.perf_counter() - start:6.0f} s', flush=True)
     if i < args.steps:
-      batch = [sft_row(*draw(0, args.haystack), width) for _ in range(args.batch)]
+      batch = simple.sft_batch([sft_row(*draw(0, args.haystack), width)
+                                for _ in range(args.batch)])
       key, sub = jax.random.split(key)
-      params, opt_state, _ = step(params, opt_state, *map(np.stack, zip(*batch)), sub)
+      params, opt_state, _ = step(params, opt_state, batch, sub)
   return curve
 
 

@@ -174,10 +174,10 @@ def _sft_batches(cfg, rows, rng):
       if not order:
         order = list(rng.permutation(len(rows)))
       picked.append(rows[order.pop()])
-    yield _sft_batch(picked)
+    yield sft_batch(picked)
 
 
-def _sft_batch(rows) -> dict:
+def sft_batch(rows) -> dict:
   """(tokens, prompt mask, segment ids) rows as a batch: one record per row, positions from 0."""
   b, t = len(rows), len(rows[0][0])
   return {
@@ -190,7 +190,7 @@ def _sft_batch(rows) -> dict:
 
 def _retrieval_batches(cfg, tokenizer, rng, eos_id, bos_id):
   while True:
-    yield _sft_batch([retrieval_row(rng, tokenizer, cfg, eos_id, bos_id)
+    yield sft_batch([retrieval_row(rng, tokenizer, cfg, eos_id, bos_id)
                       for _ in range(cfg.batch_size)])
 
 
