@@ -84,7 +84,7 @@ def test_import_export_import_is_bit_exact(bf16, tmp_path):
 def test_exported_directory_gives_pytorch_the_same_logits(bf16):
   model, _, _, out = bf16
   ids = ids_of(20)
-  exported = tl.from_pretrained(out, torch.bfloat16)
+  exported = tl.load_local_directory(out, torch.bfloat16)
   assert np.array_equal(torch_logits(exported, ids), torch_logits(model, ids))
 
 
@@ -111,7 +111,7 @@ def test_export_of_a_trained_model_matches_lladax_logits(bf16, tmp_path):
   ids = ids_of(20)
   want = np.asarray(model(jnp.asarray(ids)))
   assert np.abs(lladax_logits(lladax_dir, ids, dtype='float32') - want).max() > 1e-2  # changed
-  assert np.abs(torch_logits(tl.from_pretrained(out), ids) - want).max() <= 1e-4
+  assert np.abs(torch_logits(tl.load_local_directory(out), ids) - want).max() <= 1e-4
   assert np.abs(lladax_logits(trained, ids) - want).max() == 0
   # Cast for the bf16 PyTorch world: config.json and every tensor say bfloat16.
   out16 = export.export(trained, str(tmp_path / 'hf16'), dtype='bfloat16')

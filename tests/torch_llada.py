@@ -163,7 +163,7 @@ def save_pretrained(model: LLaDA, directory: str, n_shards: int = 3,
     json.dump(c, f, indent=2)
 
 
-def from_pretrained(directory: str, dtype: torch.dtype = torch.float32) -> LLaDA:
+def load_local_directory(directory: str, dtype: torch.dtype = torch.float32) -> LLaDA:
   """Loads a HF-layout directory (safetensors, sharded or not) with strict key matching."""
   with open(os.path.join(directory, 'config.json')) as f:
     c = json.load(f)
