@@ -57,6 +57,18 @@ def test_retrieval_needles_sit_at_every_depth(prose):
   assert min(where) < 0.1 and max(where) > 0.9
 
 
+def test_prose_chunks_fit_one_row_and_cut_between_words(prose):
+  chunks = corpus.prose_chunks(prose.train, TOK, count=50, longest=100, seed=0)
+  assert len(chunks) == 50
+  for chunk in chunks:
+    assert 0 < len(TOK.encode(chunk)) <= 98   # BOS and EOS fill the row
+    doc = next(d for d in prose.train if chunk in d)
+    at = doc.index(chunk)
+    assert at == 0 or doc[at - 1] == ' '
+    assert at + len(chunk) == len(doc) or doc[at + len(chunk)] == ' '
+  assert corpus.prose_chunks(prose.train, TOK, count=50, longest=100, seed=0) == chunks
+
+
 def test_a_question_budget_too_small_for_the_longest_key_is_refused(prose):
   with pytest.raises(ConfigError, match='length_buffer=40 is less than'):
     corpus.retrieval_documents(prose.train, corpus.needles(0, 50, 4), TOK, count=1,
@@ -70,6 +82,8 @@ def test_a_question_budget_too_small_for_the_longest_key_is_refused(prose):
     (dict(post_multiple=1), 'at least 2'),
     (dict(train_length=100), 'leaves no haystack'),
     (dict(niah_repeats=0), 'niah_repeats=0 must be positive'),
+    (dict(instruct_longest=300), 'instruct_longest=300 must be 0 (= T) or between'),
+    (dict(instruct_longest=100), 'length_buffer + 17 = 113'),
 ])
 def test_bad_replay_settings_are_named(kwargs, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
@@ -144,6 +158,24 @@ def test_an_sft_setting_changes_only_the_stage_that_reads_it():
   assert pre_a['data']['seq_len'] == 256 and post_a['data']['seq_len'] == 1024
 
 
+def test_the_instruct_stage_reads_short_records_and_decays_its_learning_rate(tmp_path, prose):
+  from lladax import optimizer  # pylint: disable=import-outside-toplevel
+  recipe = repo_module('configs', 'mini', 'ultra.py').get_config()
+  rcfg = ReplayConfig(**recipe.replay.to_dict())
+  c = stages.instruct(recipe, rcfg, dict(retrieval_sft='s'), '/w', '/w/base')
+  assert (c.data.source, c.data.seq_len, c.data.sft_padding) == ('sft_jsonl', 160, 'ignored')
+  schedule = optimizer.learning_rate(optimizer.OptimConfig(**c.optim.to_dict()))
+  lrs = [float(schedule(i)) for i in range(c.train.steps + 1)]
+  assert max(lrs) == pytest.approx(rcfg.instruct_learning_rate)
+  assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and lrs[-1] < lrs[len(lrs) // 2] < max(lrs)
+  # Every record the corpus writes for the stage fits its rows with BOS and EOS.
+  records = corpus.retrieval_records(prose.train, corpus.needles(0, 50, rcfg.value_digits), TOK,
+                                     count=40, min_length=rcfg.length_buffer + 16,
+                                     max_length=rcfg.instruct_length,
+                                     length_buffer=rcfg.length_buffer, seed=0)
+  assert max(len(TOK.encode(p + a)) + 2 for p, a in records) <= c.data.seq_len
+
+
 def _oracle(truth_rows, vocab=300, wrong=False):
   """logits_fn that knows every row's true tokens (rows padded with 0, as the probe pads them);
   wrong=True puts its mass on the next token id instead."""
@@ -166,6 +198,22 @@ def test_probe_scores_the_masked_tokens_only():
   assert [list(h) for h in wrong] == [[7, 8], [10]]
 
 
+def test_left_to_right_predictions_show_the_earlier_masked_tokens():
+  rows = [[257, 1, 4, 8, 2, 6], [257, 1, 3, 5]]
+  masks = [np.array([0, 0, 1, 1, 1, 0], bool), np.array([0, 0, 1, 1], bool)]
+
+  def left_neighbour(tokens, positions, segments):
+    """Predicts every position's left neighbour, or token 0 where that neighbour is masked."""
+    tokens = np.asarray(tokens)
+    left = np.concatenate([np.zeros_like(tokens[:, :1]), tokens[:, :-1]], 1)
+    return np.eye(300)[np.where(left == 258, 0, left)]
+
+  at_once = probe.masked_predictions(left_neighbour, rows, masks, 258)
+  assert [list(g) for g in at_once] == [[1, 0, 0], [1, 0]]
+  in_order = probe.left_to_right_predictions(left_neighbour, rows, masks, 258)
+  assert [list(g) for g in in_order] == [[1, 4, 8], [1, 3]]
+
+
 def test_retrieval_scores_tell_a_found_needle_from_ordered_digits():
   digits = [ord(c) for c in '4821'], [ord(c) for c in '3395']
   rows = [[257, 1, 2] + d + [ord('.')] for d in digits]
@@ -173,6 +221,7 @@ def test_retrieval_scores_tell_a_found_needle_from_ordered_digits():
   exact = probe.retrieval_scores([np.array(d) for d in digits], rows, masks)
   assert exact['retrieval_digit_accuracy'] == exact['retrieval_exact'] == 1.0
   assert exact['retrieval_from_value'] == 1.0 and exact['retrieval_prompts'] == 2
+  assert exact['retrieval_value_tokens'] == 4
   # '4821' has 4 distinct digits and '3395' 3: a uniform guess lands in the value 35% of the time.
   assert exact['retrieval_from_value_chance'] == pytest.approx((4 * 0.4 + 4 * 0.3) / 8)
   # The needle's digits in the wrong slots: found, not ordered.
@@ -328,3 +377,17 @@ def test_retrieval_sft_fine_tunes_a_saved_model(tmp_path):
   for _, near, far in curve:
     assert near['retrieval_prompts'] == far['retrieval_prompts'] == 64
     assert 0 <= near['retrieval_digit_accuracy'] <= near['retrieval_from_value'] <= 1
+    assert 0 <= far['left_to_right_exact'] <= far['left_to_right_digits'] <= 1
+
+
+def test_the_probe_line_drops_digit_order_for_one_digit_values():
+  scores = dict(length=256, retrieval_digit_accuracy=0.75, retrieval_exact=0.75,
+                retrieval_from_value=0.75, retrieval_from_value_chance=0.1,
+                retrieval_prompts=22, copy_accuracy_with_copy=0.5,
+                copy_accuracy_without_copy=0.5, copy_passages=32)
+  one = report.probe_line(dict(scores, retrieval_value_tokens=1))
+  assert '75.0% of the needle values right on the 22 1T prompts' in one
+  assert 'in order' not in one
+  four = report.probe_line(dict(scores, retrieval_value_tokens=4, retrieval_exact=0.25))
+  assert "75.0% of the needle value's digits and 25.0% of whole values" in four
+  assert 'not put in order' in four

@@ -2,6 +2,7 @@
 
   python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 700
   python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 1000 --digits 2
+  python docs/mini/retrieval_sft.py --base /tmp/mini/pretrain/model --steps 300 --digits 1
 
 Fine-tunes a pre-trained replay model (configs/mini/ultra.py's pretrain/model folder) on short
 retrieval records with LLaDA's SFT objective: the prompt is never masked and only the answer
@@ -12,7 +13,8 @@ to search. Every --every steps it prints the replay probe's retrieval scores
 (lladax/replay/probe.py) on 64 held-out records of this shape and 64 with 60..110-byte haystacks:
 digit accuracy (chance 10%), whole values, and how often a guessed digit is one of the value's
 digits in any slot. The last tells "finds the needle" apart from "puts its digits in order"
-(docs/mini/README.md).
+(docs/mini/README.md). "left to right" gives digits and whole values again with the digits
+before each one shown, as a sampler decoding left to right would have them.
 """
 from __future__ import annotations
 
@@ -101,8 +103,15 @@ def main(argv=None) -> list[tuple[int, dict, dict]]:
 
   def scores(params):
     fn = lambda t, pos, seg: logits_fn(params, t, pos, seg)
-    return [probe.retrieval_scores(probe.masked_predictions(fn, rows, masks, mask_id), rows,
-                                   masks) for rows, masks in sets]
+    out = []
+    for rows, masks in sets:
+      s = probe.retrieval_scores(probe.masked_predictions(fn, rows, masks, mask_id), rows, masks)
+      in_order = probe.retrieval_scores(
+          probe.left_to_right_predictions(fn, rows, masks, mask_id), rows, masks)
+      s.update(left_to_right_digits=in_order['retrieval_digit_accuracy'],
+               left_to_right_exact=in_order['retrieval_exact'])
+      out.append(s)
+    return out
 
   key, start, curve = jax.random.PRNGKey(args.seed), time.perf_counter(), []
   for i in range(args.steps + 1):
@@ -113,7 +122,9 @@ def main(argv=None) -> list[tuple[int, dict, dict]]:
           f'{name}: digits {100 * s["retrieval_digit_accuracy"]:5.1f}% '
           f'exact {100 * s["retrieval_exact"]:5.1f}% '
           f'from value {100 * s["retrieval_from_value"]:5.1f}% '
-          f'(uniform {100 * s["retrieval_from_value_chance"]:4.1f}%)'
+          f'(uniform {100 * s["retrieval_from_value_chance"]:4.1f}%) '
+          f'left to right {100 * s["left_to_right_digits"]:5.1f}%/'
+          f'{100 * s["left_to_right_exact"]:5.1f}%'
           for name, s in (('short', near), ('60-110', far))) +
           f'  {time.perf_counter() - start:6.0f} s', flush=True)
     if i < args.steps:

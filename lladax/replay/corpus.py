@@ -132,6 +132,26 @@ def retrieval_records(haystack: list[str], needle_list: list[dict], tokenizer, *
   return out
 
 
+def prose_chunks(docs: list[str], tokenizer, *, count: int, longest: int,
+                 seed: int) -> list[str]:
+  """`count` pieces of training prose at random documents and offsets, each at most `longest`
+  tokens with BOS and EOS (so it fills one SFT row alone), cut between words."""
+  rng = np.random.default_rng(seed)
+  budget = longest - 2
+  out = []
+  while len(out) < count:
+    doc = docs[int(rng.integers(len(docs)))]
+    start = int(rng.integers(0, max(1, len(doc) - budget)))
+    start = doc.find(' ', start) + 1 if start else 0   # 0 when there is no later space
+    piece = doc[start:start + budget]
+    while len(tokenizer.encode(piece)) > budget:     # multi-byte characters
+      piece = piece[:int(len(piece) * 0.9)]
+    piece = piece[:piece.rfind(' ')] if ' ' in piece and start + budget < len(doc) else piece
+    if piece.strip():
+      out.append(piece)
+  return out
+
+
 def write_jsonl(path: str, records: list) -> str:
   """One JSON record per line: {'text': r} for a string, r itself for a mapping."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -155,7 +175,9 @@ def build(rcfg, tokenizer, directory: str, seed: int) -> dict[str, str]:
   manifest_path = os.path.join(directory, 'manifest.json')
   manifest = {'seed': seed, 'settings': {k: getattr(rcfg, k) for k in (
       'train_length', 'post_multiple', 'multiples', 'pre_documents', 'post_documents',
-      'instruct_documents', 'value_digits', 'length_buffer', 'held_out_every', 'prose_limit')}}
+      'instruct_documents', 'instruct_prose_documents', 'instruct_longest', 'value_digits',
+      'length_buffer',
+      'held_out_every', 'prose_limit')}}
   manifest = json.loads(json.dumps(manifest))
   if os.path.exists(manifest_path) and all(os.path.exists(p) for p in files.values()):
     with open(manifest_path, encoding='utf-8') as f:
@@ -177,8 +199,15 @@ def build(rcfg, tokenizer, directory: str, seed: int) -> dict[str, str]:
       max_length=rcfg.post_length, seed=seed + 1, **common))
   records = retrieval_records(
       text.train, train_needles, tokenizer, count=rcfg.instruct_documents,
-      min_length=shortest, max_length=t, seed=seed + 3, **common)
-  write_jsonl(files['retrieval_sft'], [{'prompt': p, 'answer': a} for p, a in records])
+      min_length=shortest, max_length=rcfg.instruct_length, seed=seed + 3, **common)
+  # Prose with an empty prompt is noised whole: LLaDA's pre-training loss inside the SFT stage,
+  # so the fine-tuned model keeps its language model (without it, every mask became a digit).
+  records += [('', chunk) for chunk in prose_chunks(
+      text.train, tokenizer, count=rcfg.instruct_prose_documents,
+      longest=rcfg.instruct_length, seed=seed + 4)]
+  order = np.random.default_rng(seed + 5).permutation(len(records))
+  write_jsonl(files['retrieval_sft'],
+              [{'prompt': records[i][0], 'answer': records[i][1]} for i in order])
   write_jsonl(files['haystack'], text.held_out)
   write_jsonl(files['needles'], needles(seed + 2, 64, rcfg.value_digits))
   ppl_text = '\n\n'.join(text.held_out)

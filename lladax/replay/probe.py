@@ -54,6 +54,27 @@ def masked_predictions(logits_fn: LogitsFn, rows: Sequence[Sequence[int]],
   return out
 
 
+def left_to_right_predictions(logits_fn: LogitsFn, rows: Sequence[Sequence[int]],
+                              masks: Sequence[np.ndarray], mask_id: int,
+                              batch_size: int = 16) -> list[np.ndarray]:
+  """Like masked_predictions, but each masked position is predicted with the masked positions
+  before it shown and those from it on hidden: what a sampler decoding left to right sees once
+  it has the earlier tokens right. All right in a row = greedy left-to-right decoding exact."""
+  starts = [np.flatnonzero(m) for m in masks]
+  out = [np.zeros(len(s), np.int64) for s in starts]
+  for k in range(max((len(s) for s in starts), default=0)):
+    todo = [i for i, s in enumerate(starts) if len(s) > k]
+    hide = []
+    for i in todo:
+      m = np.zeros(len(masks[i]), bool)
+      m[starts[i][k:]] = True
+      hide.append(m)
+    guesses = masked_predictions(logits_fn, [rows[i] for i in todo], hide, mask_id, batch_size)
+    for i, g in zip(todo, guesses):
+      out[i][k] = g[0]
+  return out
+
+
 def _hits(predicted: Sequence[np.ndarray], rows: Sequence[Sequence[int]],
           masks: Sequence[np.ndarray]) -> list[np.ndarray]:
   return [p == np.asarray(r)[m] for p, r, m in zip(predicted, rows, masks)]
@@ -72,6 +93,7 @@ def retrieval_scores(guesses: Sequence[np.ndarray], rows: Sequence[Sequence[int]
           'retrieval_exact': float(np.mean([h.all() for h in hits])),
           'retrieval_from_value': float(np.mean(np.concatenate(from_value))),
           'retrieval_from_value_chance': float(np.mean(np.concatenate(chance))),
+          'retrieval_value_tokens': float(np.mean([len(v) for v in values])),
           'retrieval_prompts': len(hits)}
 
 

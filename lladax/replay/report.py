@@ -189,14 +189,20 @@ def machine() -> dict:
 
 def probe_line(p: dict) -> str:
   """The base model's teacher-forced probes (lladax/replay/probe.py) as one sentence."""
-  return (f'Base model, teacher-forced at T = {p["length"]} (one forward pass, no sampler): '
-          f'{100 * p["retrieval_digit_accuracy"]:.1f}% of the needle value\'s digits and '
-          f'{100 * p["retrieval_exact"]:.1f}% of whole values right on the '
-          f'{p["retrieval_prompts"]} 1T prompts (chance: 10% of digits), and '
-          f'{100 * p["retrieval_from_value"]:.1f}% of the guessed digits occur somewhere in the '
-          f'value (a uniform guess: {100 * p["retrieval_from_value_chance"]:.1f}%; well above '
-          'that with only about 1/(distinct digits) of it right means the needle is found but '
-          'its digits are not put in order); copying a masked quarter '
+  head = f'Base model, teacher-forced at T = {p["length"]} (one forward pass, no sampler): '
+  if p.get('retrieval_value_tokens') == 1:   # one-digit values: no order to get wrong
+    retrieval = (f'{100 * p["retrieval_exact"]:.1f}% of the needle values right on the '
+                 f'{p["retrieval_prompts"]} 1T prompts (chance: 10%)')
+  else:
+    retrieval = (
+        f'{100 * p["retrieval_digit_accuracy"]:.1f}% of the needle value\'s digits and '
+        f'{100 * p["retrieval_exact"]:.1f}% of whole values right on the '
+        f'{p["retrieval_prompts"]} 1T prompts (chance: 10% of digits), and '
+        f'{100 * p["retrieval_from_value"]:.1f}% of the guessed digits occur somewhere in the '
+        f'value (a uniform guess: {100 * p["retrieval_from_value_chance"]:.1f}%; well above '
+        'that with only about 1/(distinct digits) of it right means the needle is found but '
+        'its digits are not put in order)')
+  return (head + retrieval + '; copying a masked quarter '
           f'of a held-out passage written twice: {100 * p["copy_accuracy_with_copy"]:.1f}% with '
           f'the first copy in context, {100 * p["copy_accuracy_without_copy"]:.1f}% without it '
           f'({p["copy_passages"]} passages; a gap means the copying circuit has formed).')

@@ -29,13 +29,17 @@ class ReplayConfig:
   held_out_every: int = 20           # 1 in N prose documents is held out for evaluation
   prose_limit: int = 0               # >0 keeps the first N prose documents per split (smoke)
 
-  # Retrieval fine-tuning at T after pre-training with LLaDA's SFT objective (only the answer,
-  # EOS padding included, is masked); 0 skips it. Off in configs/mini/ultra.py: 1,000 steps at
-  # lr 1e-3 taught the 1.9M model no retrieval and made it predict EOS at every mask (loss 20 on
-  # prose), see docs/mini/README.md.
+  # Retrieval fine-tuning at T after pre-training with LLaDA's SFT objective (the prompt is never
+  # masked, only the answer is noised); 0 skips it. Records run from a short haystack up to
+  # instruct_longest tokens (0 = T): on 0-16-byte haystacks the look-up was learned in 200 steps
+  # and carried over to 60-110-byte ones, while on 0-160-byte haystacks nothing had moved by
+  # step 100 (docs/mini/README.md). The learning rate decays (cosine) to 0 over the stage: held
+  # constant at 1e-3, a gain made by step 600 was lost by step 700.
   instruct_steps: int = 0
-  instruct_documents: int = 16000
+  instruct_documents: int = 16000      # retrieval records (prompt, then the value as answer)
+  instruct_prose_documents: int = 0    # prose records, noised whole, to keep the language model
   instruct_learning_rate: float = 1e-3
+  instruct_longest: int = 0
 
   # Post-training (UltraLLaDA: diffusion-aware NTK base, packed documents, a few hundred steps)
   post_steps: int = 120
@@ -66,9 +70,17 @@ class ReplayConfig:
     if self.train_length <= self.length_buffer + 16:
       raise ConfigError(f'config.replay.train_length={self.train_length} leaves no haystack '
                         f'after length_buffer={self.length_buffer}; raise train_length.')
+    if self.instruct_longest and not (self.length_buffer + 16 < self.instruct_longest
+                                      <= self.train_length):
+      raise ConfigError(f'config.replay.instruct_longest={self.instruct_longest} must be 0 (= T) '
+                        f'or between length_buffer + 17 = {self.length_buffer + 17} and '
+                        f'train_length = {self.train_length} tokens.')
     if self.instruct_steps < 0:
       raise ConfigError(f'config.replay.instruct_steps={self.instruct_steps} must be 0 (skip) or '
                         'positive.')
+    if self.instruct_prose_documents < 0:
+      raise ConfigError(f'config.replay.instruct_prose_documents={self.instruct_prose_documents} '
+                        'must be 0 (none) or positive.')
     for name in ('pre_documents', 'post_documents', 'instruct_documents', 'post_steps',
                  'post_batch_size',
                  'niah_repeats', 'ppl_chunk', 'ppl_mc_samples', 'eval_batch_size',
@@ -77,6 +89,11 @@ class ReplayConfig:
         raise ConfigError(f'config.replay.{name}={getattr(self, name)} must be positive.')
     if self.train_length < 2 * self.ppl_chunk:
       raise ConfigError(f'config.replay.ppl_chunk={self.ppl_chunk} is over half of T; lower it.')
+
+  @property
+  def instruct_length(self) -> int:
+    """Tokens of the longest instruct record (and of the stage's rows)."""
+    return self.instruct_longest or self.train_length
 
   @property
   def lengths(self) -> tuple[int, ...]:

@@ -71,17 +71,21 @@ def pretrain(config, rcfg: ReplayConfig, files: dict, workdir: str):
 
 def instruct(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model: str):
   """Retrieval fine-tuning at T with LLaDA's SFT objective (the prompt is never masked): the
-  base model of every later stage, as LLaDA-8B-Instruct is for the papers' instruct rows."""
+  base model of every later stage, as LLaDA-8B-Instruct is for the papers' instruct rows. The
+  recipe's config.data.sft_padding decides whether EOS padding counts as answer."""
   c = _copy(config)
   c.job = 'train'
   c.workdir = os.path.join(workdir, 'instruct')
   c.checkpoint = base_model
   c.rope = presets.section(presets.RopeConfig)
-  c.data.update(source='sft_jsonl', path=files['retrieval_sft'], seq_len=rcfg.train_length)
+  c.data.update(source='sft_jsonl', path=files['retrieval_sft'], seq_len=rcfg.instruct_length)
   c.train.update(init='checkpoint', objective='sft', steps=rcfg.instruct_steps,
                  log_every=max(1, min(c.train.log_every, rcfg.instruct_steps)),
                  checkpoint_every=rcfg.instruct_steps)
-  c.optim.update(learning_rate=rcfg.instruct_learning_rate, warmup_steps=20, schedule='constant')
+  warmup = min(20, rcfg.instruct_steps // 10)
+  c.optim.update(learning_rate=rcfg.instruct_learning_rate, warmup_steps=warmup,
+                 schedule='cosine', decay_steps=rcfg.instruct_steps - warmup,
+                 final_lr_fraction=0.0)
   return c
 
 
