@@ -176,6 +176,21 @@ def test_the_instruct_stage_reads_short_records_and_decays_its_learning_rate(tmp
   assert max(len(TOK.encode(p + a)) + 2 for p, a in records) <= c.data.seq_len
 
 
+def test_a_train_stage_stopped_early_is_not_done_and_stops_the_replay(tmp_path, monkeypatch):
+  """On SIGTERM the train job saves a checkpoint and returns without a model; a later stage must
+  not start from it, and a rerun must resume the stage rather than skip it."""
+  config = repo_module('configs', 'mini', 'smoke.py').get_config()
+  config.job, config.workdir = 'train', str(tmp_path / 'stage')
+  monkeypatch.setattr(run.jobs, 'run', lambda c: {'model_dir': None, 'history': []})
+  with pytest.raises(SystemExit) as stopped:
+    run._run_stage(config)
+  assert stopped.value.code == 143
+  assert not json.loads((tmp_path / 'stage' / 'replay_train.json').read_text())['done']
+  monkeypatch.setattr(run.jobs, 'run', lambda c: {'model_dir': '/m', 'history': [1]})
+  assert run._run_stage(config)[0] == {'model_dir': '/m', 'history': [1]}
+  assert json.loads((tmp_path / 'stage' / 'replay_train.json').read_text())['done']
+
+
 def _oracle(truth_rows, vocab=300, wrong=False):
   """logits_fn that knows every row's true tokens (rows padded with 0, as the probe pads them);
   wrong=True puts its mass on the next token id instead."""
