@@ -176,8 +176,7 @@ def build(rcfg, tokenizer, directory: str, seed: int) -> dict[str, str]:
   manifest = {'seed': seed, 'settings': {k: getattr(rcfg, k) for k in (
       'train_length', 'post_multiple', 'multiples', 'pre_documents', 'post_documents',
       'instruct_documents', 'instruct_prose_documents', 'instruct_longest', 'value_digits',
-      'length_buffer',
-      'held_out_every', 'prose_limit')}}
+      'length_buffer', 'held_out_every', 'prose_limit')}}
   manifest = json.loads(json.dumps(manifest))
   if os.path.exists(manifest_path) and all(os.path.exists(p) for p in files.values()):
     with open(manifest_path, encoding='utf-8') as f:
