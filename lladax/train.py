@@ -195,7 +195,7 @@ def run(config) -> dict:
   writer = metrics_lib.MetricsWriter(workdir, tcfg.tensorboard)
   preempted = train_checkpoint.Preemption()
   history, window = [], Window()
-  step = start
+  step, stopped_early = start, False
   try:
     with tqdm(range(start, tcfg.steps), desc='train', unit='step', dynamic_ncols=True,
               initial=start, total=tcfg.steps) as bar:
@@ -229,6 +229,7 @@ def run(config) -> dict:
         if stop:
           logging.warning('stopped at step %d for preemption; rerun the same command to resume',
                           done)
+          stopped_early = True
           break
   finally:
     preempted.close()
@@ -248,7 +249,8 @@ def run(config) -> dict:
              dataclasses.asdict(tok_cfg)}
     model_dir = checkpoint.save_model(os.path.join(workdir, 'model'), model, extra)
     logging.info('saved the model to %s', model_dir)
-  return {'model': model, 'history': history, 'model_dir': model_dir, 'tokenizer': tok}
+  return {'model': model, 'history': history, 'model_dir': model_dir, 'tokenizer': tok,
+          'stopped_early': stopped_early}
 
 
 def evaluate(eval_fn, params, data, mesh, batch_sh, base_key, step: int, batches: int) -> dict:

@@ -181,12 +181,14 @@ def test_a_train_stage_stopped_early_is_not_done_and_stops_the_replay(tmp_path, 
   not start from it, and a rerun must resume the stage rather than skip it."""
   config = repo_module('configs', 'mini', 'smoke.py').get_config()
   config.job, config.workdir = 'train', str(tmp_path / 'stage')
-  monkeypatch.setattr(run.jobs, 'run', lambda c: {'model_dir': None, 'history': []})
+  monkeypatch.setattr(run.jobs, 'run',
+                      lambda c: {'model_dir': None, 'history': [], 'stopped_early': True})
   with pytest.raises(SystemExit) as stopped:
     run._run_stage(config)
   assert stopped.value.code == 143
   assert not json.loads((tmp_path / 'stage' / 'replay_train.json').read_text())['done']
-  monkeypatch.setattr(run.jobs, 'run', lambda c: {'model_dir': '/m', 'history': [1]})
+  monkeypatch.setattr(run.jobs, 'run',
+                      lambda c: {'model_dir': '/m', 'history': [1], 'stopped_early': False})
   assert run._run_stage(config)[0] == {'model_dir': '/m', 'history': [1]}
   assert json.loads((tmp_path / 'stage' / 'replay_train.json').read_text())['done']
 

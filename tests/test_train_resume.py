@@ -35,6 +35,18 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
   assert [json.loads(l)['step'] for l in lines] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_preempted_run_says_so_saves_no_model_and_resumes(tmp_path, monkeypatch):
+  from lladax import train_checkpoint  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(train_checkpoint.Preemption, 'reached', lambda self, step: step == 2)
+  stopped = train.run(recipe(tmp_path, 4))
+  assert stopped['stopped_early'] and stopped['model_dir'] is None
+  assert sorted(losses(stopped)) == [1, 2]
+  monkeypatch.undo()
+  rest = train.run(recipe(tmp_path, 4))
+  assert not rest['stopped_early'] and rest['model_dir']
+  assert sorted(losses(rest)) == [3, 4]
+
+
 def test_resume_on_the_grain_pipeline_continues_the_data(tmp_path):
   corpus = tmp_path / 'docs.jsonl'
   rng = np.random.default_rng(0)

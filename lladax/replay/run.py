@@ -56,9 +56,9 @@ def _run_stage(config) -> tuple[dict, float]:
   result = jobs.run(config)
   if not recorded['done']:   # a finished evaluation only re-reads its cells: no time to count
     recorded['seconds'] += time.perf_counter() - start
-  if config.job == 'train' and not result.get('model_dir'):
-    # The train job stops early on SIGTERM (a kill, or a preemption) with a checkpoint to resume
-    # from and no model: the stage is not done, and no later stage may start from it.
+  if config.job == 'train' and result['stopped_early']:
+    # The train job stops on SIGTERM (a kill, or a preemption) with a checkpoint to resume from
+    # and no model: the stage is not done, and no later stage may start from it.
     runner.write_json(path, recorded)
     logging.warning('replay: %s stopped before its last step; rerun the same command to resume '
                     'it', config.workdir)

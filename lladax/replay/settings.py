@@ -75,12 +75,10 @@ class ReplayConfig:
       raise ConfigError(f'config.replay.instruct_longest={self.instruct_longest} must be 0 (= T) '
                         f'or between length_buffer + 17 = {self.length_buffer + 17} and '
                         f'train_length = {self.train_length} tokens.')
-    if self.instruct_steps < 0:
-      raise ConfigError(f'config.replay.instruct_steps={self.instruct_steps} must be 0 (skip) or '
-                        'positive.')
-    if self.instruct_prose_documents < 0:
-      raise ConfigError(f'config.replay.instruct_prose_documents={self.instruct_prose_documents} '
-                        'must be 0 (none) or positive.')
+    for name in ('instruct_steps', 'instruct_prose_documents'):   # 0 skips them
+      if getattr(self, name) < 0:
+        raise ConfigError(f'config.replay.{name}={getattr(self, name)} must be 0 (none) or '
+                          'positive.')
     for name in ('pre_documents', 'post_documents', 'instruct_documents', 'post_steps',
                  'post_batch_size',
                  'niah_repeats', 'ppl_chunk', 'ppl_mc_samples', 'eval_batch_size',
