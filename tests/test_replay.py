@@ -84,6 +84,7 @@ def test_a_question_budget_too_small_for_the_longest_key_is_refused(prose):
     (dict(niah_repeats=0), 'niah_repeats=0 must be positive'),
     (dict(instruct_longest=300), 'instruct_longest=300 must be 0 (= T) or between'),
     (dict(instruct_longest=100), 'length_buffer + 17 = 113'),
+    (dict(instruct_long_steps=-1), 'instruct_long_steps=-1 must be 0 (none) or positive'),
 ])
 def test_bad_replay_settings_are_named(kwargs, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
@@ -158,21 +159,29 @@ def test_an_sft_setting_changes_only_the_stage_that_reads_it():
   assert pre_a['data']['seq_len'] == 256 and post_a['data']['seq_len'] == 1024
 
 
-def test_the_instruct_stage_reads_short_records_and_decays_its_learning_rate(tmp_path, prose):
+@pytest.mark.parametrize('long', [False, True])
+def test_each_instruct_phase_reads_its_records_and_decays_its_learning_rate(prose, long):
   from lladax import optimizer  # pylint: disable=import-outside-toplevel
   recipe = repo_module('configs', 'mini', 'ultra.py').get_config()
   rcfg = ReplayConfig(**recipe.replay.to_dict())
-  c = stages.instruct(recipe, rcfg, dict(retrieval_sft='s'), '/w', '/w/base')
-  assert (c.data.source, c.data.seq_len, c.data.sft_padding) == ('sft_jsonl', 160, 'ignored')
+  files = dict(retrieval_sft='short.jsonl', retrieval_sft_long='long.jsonl')
+  c = stages.instruct(recipe, rcfg, files, '/w', '/w/base', long)
+  width, path, steps, peak = ((256, 'long.jsonl', rcfg.instruct_long_steps,
+                               rcfg.instruct_long_learning_rate) if long else
+                              (160, 'short.jsonl', rcfg.instruct_steps,
+                               rcfg.instruct_learning_rate))
+  assert (c.data.source, c.data.path, c.data.seq_len, c.data.sft_padding) == (
+      'sft_jsonl', path, width, 'ignored')
+  assert c.train.steps == steps > 0 and c.checkpoint == '/w/base'
+  assert c.workdir == ('/w/instruct_long' if long else '/w/instruct')
   schedule = optimizer.learning_rate(optimizer.OptimConfig(**c.optim.to_dict()))
   lrs = [float(schedule(i)) for i in range(c.train.steps + 1)]
-  assert max(lrs) == pytest.approx(rcfg.instruct_learning_rate)
+  assert max(lrs) == pytest.approx(peak)
   assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and lrs[-1] < lrs[len(lrs) // 2] < max(lrs)
-  # Every record the corpus writes for the stage fits its rows with BOS and EOS.
+  # Every record the corpus writes for the phase fits its rows with BOS and EOS.
   records = corpus.retrieval_records(prose.train, corpus.needles(0, 50, rcfg.value_digits), TOK,
                                      count=40, min_length=rcfg.length_buffer + 16,
-                                     max_length=rcfg.instruct_length,
-                                     length_buffer=rcfg.length_buffer, seed=0)
+                                     max_length=width, length_buffer=rcfg.length_buffer, seed=0)
   assert max(len(TOK.encode(p + a)) + 2 for p, a in records) <= c.data.seq_len
 
 
@@ -204,6 +213,33 @@ def _oracle(truth_rows, vocab=300, wrong=False):
     assert tokens.shape == truth.shape and (np.asarray(segments)[truth == 0] == 0).all()
     return np.eye(vocab)[(truth + wrong) % vocab]
   return logits_fn
+
+
+def test_the_niah_value_is_decoded_with_room_for_its_period_and_eos():
+  """A network trained on documents that end with EOS predicts EOS in a row's last slot. Under the
+  replay's NIAH settings that slot is not the value's, so such a network still scores."""
+  import jax
+  import jax.numpy as jnp
+  from lladax import sampler
+  from lladax.evals import metrics
+  grid = stages.niah_grid(ReplayConfig(value_digits=1), {'haystack': 'h', 'needles': 'n'})
+  cfg = sampler.SamplerConfig(gen_length=grid.gen_length, block_length=grid.block_length,
+                              steps=grid.resolved('steps'))
+  prompt = jnp.asarray([[TOK.BOS] + TOK.encode('The secret code of the lantern is 7.\nWhat is '
+                                                'the secret code of the lantern? The secret '
+                                                'code of the lantern is ')])
+  digits = jnp.asarray([TOK.encode(str(d))[0] for d in range(10)])
+
+  def ends_documents_with_eos(tokens, positions, segment_ids, start):
+    at = start + jnp.arange(cfg.block_length)
+    after_digit = jnp.isin(tokens[:, at - 1], digits)
+    want = jnp.where(at == tokens.shape[1] - 1, TOK.EOS,
+                     jnp.where(after_digit, TOK.encode('.')[0], TOK.encode('7')[0]))
+    return jax.nn.one_hot(want, TOK.vocab_size) * 5.0
+
+  out = sampler.sample(ends_documents_with_eos, prompt, jax.random.key(0), cfg, mask_id=TOK.MASK)
+  answer = TOK.decode(sampler.strip_generation(out[0, prompt.shape[1]:], (TOK.EOS,)))
+  assert metrics.exact_match(answer, '7') == 100.0
 
 
 def test_probe_scores_the_masked_tokens_only():
@@ -315,12 +351,19 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
     pipe = stage['settings']['pipeline']
     assert (pipe['packing'], pipe['add_eos']) == (strategy, strategy != 'concat')
     assert stage['settings']['rope']['rule'] == 'diffusion_ntk'
-  assert set(summary['training']) == {'pretrain', 'instruct', 'post_segment_seed0',
-                                      'post_eod_seed0', 'post_concat_seed0'}
+  assert set(summary['training']) == {'pretrain', 'instruct', 'instruct_long',
+                                      'post_segment_seed0', 'post_eod_seed0', 'post_concat_seed0'}
+  # Each phase starts from the model the one before left; the post-training from the last.
+  stage = {n: json.loads((workdir / n / 'replay_train.json').read_text())['settings']
+           for n in ('instruct', 'instruct_long')}
+  assert stage['instruct']['checkpoint'] == str(workdir / 'pretrain' / 'model')
+  assert stage['instruct_long']['checkpoint'] == str(workdir / 'instruct' / 'model')
+  post = json.loads((workdir / 'post' / 'eod_seed0' / 'replay_train.json').read_text())
+  assert post['settings']['checkpoint'] == str(workdir / 'instruct_long' / 'model')
 
   # A rerun skips every training stage and re-reads the finished evaluation cells.
   again = lladax('--config', 'configs/mini/smoke.py', f'--config.workdir={workdir}')
-  assert again.stderr.count('is done; skipping it') == 1 + 1 + 3   # pretrain, instruct, post
+  assert again.stderr.count('is done; skipping it') == 1 + 2 + 3   # pretrain, instruct x2, post
   assert 'saved the model' not in again.stderr
   rerun = json.loads((out / 'results.json').read_text())
   assert ({k: v['niah']['exact'] for k, v in rerun['variants'].items()} ==

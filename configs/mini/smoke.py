@@ -27,8 +27,8 @@ def get_config():
   c.optim.update(warmup_steps=1, decay_steps=4)
   c.replay.update(train_length=128, multiples=(1, 2), post_multiple=2, pre_documents=32,
                   post_documents=16, instruct_documents=16, instruct_prose_documents=8,
-                  instruct_longest=0, instruct_steps=2, prose_limit=40, post_steps=2,
-                  post_batch_size=2,
-                  post_warmup_steps=1, seeds=(0,), niah_depths=(0.0, 50.0, 100.0), niah_repeats=1,
+                  instruct_longest=0, instruct_steps=2, instruct_long_steps=2, prose_limit=40,
+                  post_steps=2, post_batch_size=2, post_warmup_steps=1, seeds=(0,),
+                  niah_depths=(0.0, 50.0, 100.0), niah_repeats=1,
                   ppl_mc_samples=2, ppl_chunk_stride=2, eval_batch_size=3, report_dir='')
   return c

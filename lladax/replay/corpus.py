@@ -165,12 +165,15 @@ def write_jsonl(path: str, records: list) -> str:
 
 def build(rcfg, tokenizer, directory: str, seed: int) -> dict[str, str]:
   """Writes the miniature's data into `directory` (once: a manifest of the settings lets a rerun
-  reuse it) and returns the paths: prose, retrieval_pre, retrieval_post, retrieval_sft
-  (training), haystack, needles, ppl (evaluation, held out)."""
+  reuse it) and returns the paths: prose, retrieval_pre, retrieval_post, retrieval_sft (records up
+  to instruct_longest), retrieval_sft_long (up to T) (training), haystack, needles, ppl
+  (evaluation, held out)."""
   files = {k: os.path.join(directory, f) for k, f in (
       ('prose', 'prose_train.jsonl'), ('retrieval_pre', 'retrieval_pretrain.jsonl'),
       ('retrieval_post', 'retrieval_posttrain.jsonl'),
-      ('retrieval_sft', 'retrieval_instruct.jsonl'), ('haystack', 'haystack_held_out.jsonl'),
+      ('retrieval_sft', 'retrieval_instruct.jsonl'),
+      ('retrieval_sft_long', 'retrieval_instruct_long.jsonl'),
+      ('haystack', 'haystack_held_out.jsonl'),
       ('needles', 'needles_eval.jsonl'), ('ppl', 'ppl_held_out.txt'))}
   manifest_path = os.path.join(directory, 'manifest.json')
   manifest = {'seed': seed, 'settings': {k: getattr(rcfg, k) for k in (
@@ -196,17 +199,19 @@ def build(rcfg, tokenizer, directory: str, seed: int) -> dict[str, str]:
       text.train, train_needles, tokenizer, count=rcfg.post_documents,
       min_length=max(shortest, t // 2),
       max_length=rcfg.post_length, seed=seed + 1, **common))
-  records = retrieval_records(
-      text.train, train_needles, tokenizer, count=rcfg.instruct_documents,
-      min_length=shortest, max_length=rcfg.instruct_length, seed=seed + 3, **common)
-  # Prose with an empty prompt is noised whole: LLaDA's pre-training loss inside the SFT stage,
-  # so the fine-tuned model keeps its language model (without it, every mask became a digit).
-  records += [('', chunk) for chunk in prose_chunks(
-      text.train, tokenizer, count=rcfg.instruct_prose_documents,
-      longest=rcfg.instruct_length, seed=seed + 4)]
-  order = np.random.default_rng(seed + 5).permutation(len(records))
-  write_jsonl(files['retrieval_sft'],
-              [{'prompt': records[i][0], 'answer': records[i][1]} for i in order])
+  for name, longest, seeds in (('retrieval_sft', rcfg.instruct_length, (3, 4, 5)),
+                               ('retrieval_sft_long', t, (6, 7, 8))):
+    records = retrieval_records(
+        text.train, train_needles, tokenizer, count=rcfg.instruct_documents,
+        min_length=shortest, max_length=longest, seed=seed + seeds[0], **common)
+    # Prose with an empty prompt is noised whole: LLaDA's pre-training loss inside the SFT
+    # stage, so the fine-tuned model keeps its language model (without it, every mask became a
+    # digit).
+    records += [('', chunk) for chunk in prose_chunks(
+        text.train, tokenizer, count=rcfg.instruct_prose_documents, longest=longest,
+        seed=seed + seeds[1])]
+    order = np.random.default_rng(seed + seeds[2]).permutation(len(records))
+    write_jsonl(files[name], [{'prompt': records[i][0], 'answer': records[i][1]} for i in order])
   write_jsonl(files['haystack'], text.held_out)
   write_jsonl(files['needles'], needles(seed + 2, 64, rcfg.value_digits))
   ppl_text = '\n\n'.join(text.held_out)

@@ -156,14 +156,16 @@ def _figures(out_dir: str, summary: dict) -> dict:
   return pictures
 
 
-def write(out_dir: str, rcfg, evaluated: dict, pretrained: dict, instructed: dict | None,
+def write(out_dir: str, rcfg, evaluated: dict, pretrained: dict, instructed: dict,
           posttrained: dict, seconds: dict, probes: dict) -> dict:
+  """results.json, results.md and the pictures; `instructed` and `posttrained` map stage names
+  to the train job's results."""
   os.makedirs(out_dir, exist_ok=True)
   summary = dict(summarise(rcfg, evaluated), lengths=list(rcfg.lengths),
                  train_length=rcfg.train_length, post_length=rcfg.post_length,
                  seconds=seconds, probes=probes,
                  training={'pretrain': pretrained['history'],
-                           **({'instruct': instructed['history']} if instructed else {}),
+                           **{k: v['history'] for k, v in instructed.items()},
                            **{k: v['history'] for k, v in posttrained.items()}})
   summary['pictures'] = _figures(out_dir, summary)
   summary['command'] = command()
@@ -216,7 +218,7 @@ def markdown(summary: dict) -> str:
   groups = {'data': 0.0, 'pre-training': 0.0, 'post-training': 0.0, 'evaluation': 0.0}
   for name, value in seconds.items():
     key = ('data' if name == 'data' else
-           'pre-training' if name in ('pretrain', 'instruct') else
+           'pre-training' if name == 'pretrain' or name.startswith('instruct') else
            'post-training' if name.startswith('post_') else 'evaluation')
     groups[key] += value
   lines = [

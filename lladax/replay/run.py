@@ -1,6 +1,6 @@
 """The replay job: UltraLLaDA's and LongLLaDA's experiments in miniature, end to end.
 
-  data -> pretrain at T -> (retrieval SFT at T) -> probe the base model at T
+  data -> pretrain at T -> (retrieval SFT, short records then up to T) -> probe the base at T
     -> evaluate training-free RoPE rules
     -> post-train at post_multiple*T per packing strategy and seed -> evaluate them
     -> results table, heatmaps and perplexity plot
@@ -98,10 +98,13 @@ def run(config) -> dict:
   files = corpus.build(rcfg, tok, os.path.join(workdir, 'data'), config.seed)
   seconds = {'data': time.perf_counter() - start}
   pre, seconds['pretrain'] = _run_stage(stages.pretrain(config, rcfg, files, workdir))
-  base = pre
-  if rcfg.instruct_steps:
-    base, seconds['instruct'] = _run_stage(stages.instruct(config, rcfg, files, workdir,
-                                                           pre['model_dir']))
+  base, instructed = pre, {}
+  for name, long, steps in (('instruct', False, rcfg.instruct_steps),
+                            ('instruct_long', True, rcfg.instruct_long_steps)):
+    if steps:
+      base, seconds[name] = _run_stage(stages.instruct(config, rcfg, files, workdir,
+                                                       base['model_dir'], long))
+      instructed[name] = base
   probes = _probe(rcfg, files, tok, base['model_dir'], config.seed)
   logging.info('replay: base model probes at T: %s', probes)
   posttrained, post_results = {}, {}
@@ -120,7 +123,7 @@ def run(config) -> dict:
     evaluated[variant.name] = (variant, niah, ppl)
   logging.info('replay: this invocation took %.0f s', time.perf_counter() - start)
   out_dir = rcfg.report_dir or os.path.join(workdir, 'report')
-  summary = report.write(out_dir, rcfg, evaluated, pre, base if base is not pre else None,
-                        post_results, seconds, probes)
+  summary = report.write(out_dir, rcfg, evaluated, pre, instructed, post_results, seconds,
+                         probes)
   print(report.markdown_table(summary))
   return summary

@@ -24,7 +24,7 @@ class ReplayConfig:
   pre_documents: int = 20000         # retrieval documents of T/3..T tokens for pre-training
   post_documents: int = 4000         # retrieval documents of T/2..post_multiple*T for post-training
   retrieval_weight: float = 1.0      # share of retrieval documents against prose (weight 1)
-  value_digits: int = 4              # digits of a needle's value (= tokens decoded)
+  value_digits: int = 4              # digits of a needle's value (decoded with its period, EOS)
   length_buffer: int = 96            # tokens of each length kept for question, answer, BOS, EOS
   held_out_every: int = 20           # 1 in N prose documents is held out for evaluation
   prose_limit: int = 0               # >0 keeps the first N prose documents per split (smoke)
@@ -40,6 +40,11 @@ class ReplayConfig:
   instruct_prose_documents: int = 0    # prose records, noised whole, to keep the language model
   instruct_learning_rate: float = 1e-3
   instruct_longest: int = 0
+  # A second phase on records up to T, from the first phase's model, at a lower learning rate;
+  # 0 skips it. Records up to T from the pre-trained model taught nothing in 800 steps; after
+  # the short phase, 400 steps on them took the 1T look-up from 23% to 85% (docs/mini/README.md).
+  instruct_long_steps: int = 0
+  instruct_long_learning_rate: float = 5e-4
 
   # Post-training (UltraLLaDA: diffusion-aware NTK base, packed documents, a few hundred steps)
   post_steps: int = 120
@@ -75,7 +80,7 @@ class ReplayConfig:
       raise ConfigError(f'config.replay.instruct_longest={self.instruct_longest} must be 0 (= T) '
                         f'or between length_buffer + 17 = {self.length_buffer + 17} and '
                         f'train_length = {self.train_length} tokens.')
-    for name in ('instruct_steps', 'instruct_prose_documents'):   # 0 skips them
+    for name in ('instruct_steps', 'instruct_long_steps', 'instruct_prose_documents'):  # 0: none
       if getattr(self, name) < 0:
         raise ConfigError(f'config.replay.{name}={getattr(self, name)} must be 0 (none) or '
                           'positive.')

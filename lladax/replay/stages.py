@@ -3,9 +3,10 @@ lladax job (train, eval_niah, eval_ppl) on a config built here, so the replay ex
 code the 8B recipes use.
 
   pretrain          train from scratch at T on prose + retrieval documents (segment packing)
-  instruct          SFT at T on retrieval prompts and answers (optional; the base from here on)
+  instruct          SFT on retrieval prompts and answers up to instruct_longest tokens
+  instruct_long     then on records up to T (both optional; the base from here on)
   post/<strategy>_seed<s>
-                    train from the pre-trained model at post_multiple*T with the diffusion-aware
+                    train from the base model at post_multiple*T with the diffusion-aware
                     NTK base, packing documents by <strategy>
   eval/<variant>    eval_niah and eval_ppl at every length, for the pre-trained model under each
                     training-free RoPE rule and for every post-trained model (its own base)
@@ -69,23 +70,28 @@ def pretrain(config, rcfg: ReplayConfig, files: dict, workdir: str):
   return c
 
 
-def instruct(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model: str):
-  """Retrieval fine-tuning at T with LLaDA's SFT objective (the prompt is never masked): the
-  base model of every later stage, as LLaDA-8B-Instruct is for the papers' instruct rows. The
+def instruct(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model: str,
+             long: bool = False):
+  """Retrieval fine-tuning with LLaDA's SFT objective (the prompt is never masked): the base
+  model of every later stage, as LLaDA-8B-Instruct is for the papers' instruct rows. The first
+  phase reads records up to instruct_longest tokens; the `long` one, records up to T. The
   recipe's config.data.sft_padding decides whether EOS padding counts as answer."""
+  name, data, length, steps, lr = (
+      ('instruct_long', 'retrieval_sft_long', rcfg.train_length, rcfg.instruct_long_steps,
+       rcfg.instruct_long_learning_rate) if long else
+      ('instruct', 'retrieval_sft', rcfg.instruct_length, rcfg.instruct_steps,
+       rcfg.instruct_learning_rate))
   c = _copy(config)
   c.job = 'train'
-  c.workdir = os.path.join(workdir, 'instruct')
+  c.workdir = os.path.join(workdir, name)
   c.checkpoint = base_model
   c.rope = presets.section(presets.RopeConfig)
-  c.data.update(source='sft_jsonl', path=files['retrieval_sft'], seq_len=rcfg.instruct_length)
-  c.train.update(init='checkpoint', objective='sft', steps=rcfg.instruct_steps,
-                 log_every=max(1, min(c.train.log_every, rcfg.instruct_steps)),
-                 checkpoint_every=rcfg.instruct_steps)
-  warmup = min(20, rcfg.instruct_steps // 10)
-  c.optim.update(learning_rate=rcfg.instruct_learning_rate, warmup_steps=warmup,
-                 schedule='cosine', decay_steps=rcfg.instruct_steps - warmup,
-                 final_lr_fraction=0.0)
+  c.data.update(source='sft_jsonl', path=files[data], seq_len=length)
+  c.train.update(init='checkpoint', objective='sft', steps=steps,
+                 log_every=max(1, min(c.train.log_every, steps)), checkpoint_every=steps)
+  warmup = min(20, steps // 10)
+  c.optim.update(learning_rate=lr, warmup_steps=warmup, schedule='cosine',
+                 decay_steps=steps - warmup, final_lr_fraction=0.0)
   return c
 
 
@@ -139,7 +145,11 @@ def _eval_base(config, job: str, variant: Variant, rcfg: ReplayConfig, workdir: 
 def niah_grid(rcfg: ReplayConfig, files: dict) -> niah.NiahConfig:
   """The evaluation's NIAH settings: every length, depth and draw, one token per decoding step.
   The base-model probe reads its 1T prompts from the same settings."""
-  n = rcfg.value_digits
+  # Room for the value, its period and EOS, as a completion has in training. With the value's
+  # last digit in the row's last slot, a model trained on documents that end with EOS (segment
+  # or EOD packing) answered EOS there whatever it had found: 105 to 110 of 110 empty answers
+  # at 1T after post-training, under the packings that add EOS, and none under concatenation.
+  n = rcfg.value_digits + 2
   return corpus.niah_settings(
       rcfg.lengths, rcfg.length_buffer, depths=tuple(rcfg.niah_depths),
       repeats=rcfg.niah_repeats, steps=n, gen_length=n, block_length=n,
