@@ -29,7 +29,7 @@ class ReplayConfig:
   held_out_every: int = 20           # 1 in N prose documents is held out for evaluation
   prose_limit: int = 0               # >0 keeps the first N prose documents per split (smoke)
 
-  # Retrieval fine-tuning at T after pre-training with LLaDA's SFT objective (the prompt is never
+  # Retrieval fine-tuning after pre-training with LLaDA's SFT objective (the prompt is never
   # masked, only the answer is noised); 0 skips it. Records run from a short haystack up to
   # instruct_longest tokens (0 = T): on 0-16-byte haystacks the look-up was learned in 200 steps
   # and carried over to 60-110-byte ones, while on 0-160-byte haystacks nothing had moved by

@@ -8,7 +8,7 @@ code the 8B recipes use.
   post/<strategy>_seed<s>
                     train from the base model at post_multiple*T with the diffusion-aware
                     NTK base, packing documents by <strategy>
-  eval/<variant>    eval_niah and eval_ppl at every length, for the pre-trained model under each
+  eval/<variant>    eval_niah and eval_ppl at every length, for the base model under each
                     training-free RoPE rule and for every post-trained model (its own base)
 """
 from __future__ import annotations
@@ -173,10 +173,10 @@ def ppl_eval(config, rcfg: ReplayConfig, files: dict, workdir: str, variant: Var
   return c
 
 
-def variants(rcfg: ReplayConfig, pretrained: str, posttrained: dict) -> list[Variant]:
-  """The training-free rules on the pre-trained model, then every post-trained model;
-  `posttrained` maps (strategy, seed) to a model directory."""
-  out = [Variant(rule, pretrained, rule) for rule in rcfg.training_free]
+def variants(rcfg: ReplayConfig, base: str, posttrained: dict) -> list[Variant]:
+  """The training-free rules on the base model (the last instruct phase's, else the pre-trained
+  one), then every post-trained model; `posttrained` maps (strategy, seed) to a model directory."""
+  out = [Variant(rule, base, rule) for rule in rcfg.training_free]
   for (strategy, seed), path in posttrained.items():
     out.append(Variant(post_name(strategy, seed), path, 'none', strategy, seed))
   return out
