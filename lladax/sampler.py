@@ -21,6 +21,7 @@ from flax import nnx
 from lladax.config import ConfigError, choice, from_section
 
 REMASKING = ('low_confidence', 'random')
+MASK_PREDICTION = ('ban', 'allow')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +34,12 @@ class SamplerConfig:
   remasking: str = 'low_confidence'
   suppress_eos: bool = False        # never generate EOS (LLaDA's logits_eos_inf)
   suppress_eot: bool = False        # never generate <|eot_id|> either
+  mask_prediction: str = 'ban'      # ban: the mask token is never predicted; allow: as LLaDA's
+                                    # generate.py, a predicted mask leaves its position masked
 
   def __post_init__(self):
     choice(self.remasking, REMASKING, 'config.sample.remasking')
+    choice(self.mask_prediction, MASK_PREDICTION, 'config.sample.mask_prediction')
     if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
       raise ConfigError('config.sample.gen_length, block_length and steps must be positive.')
     if self.gen_length % self.block_length:

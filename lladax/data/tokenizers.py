@@ -18,11 +18,14 @@ CHAT_EOT = '<|eot_id|>'
 
 
 class Tokenizer(Protocol):
+  """encode(text, add_special_tokens=True) adds what the tokenizer itself adds around a text, as
+  Hugging Face's `tokenizer(text)` does (only tokenizer.json files define any); decode(ids,
+  skip_special_tokens=True) drops special tokens, as `batch_decode(..., skip_special_tokens=True)`."""
   vocab_size: int
 
-  def encode(self, text: str) -> list[int]: ...
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
 
-  def decode(self, ids: Sequence[int]) -> str: ...
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
 
 
 class ByteTokenizer:
@@ -33,10 +36,12 @@ class ByteTokenizer:
   EOT = 259
   vocab_size = 260
 
-  def encode(self, text: str) -> list[int]:
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    del add_special_tokens  # bytes carry no special tokens of their own
     return list(text.encode('utf-8'))
 
-  def decode(self, ids: Sequence[int]) -> str:
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    del skip_special_tokens  # special ids (>= 256) have no text either way
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode('utf-8', errors='replace')
 
 
@@ -47,10 +52,12 @@ class SentencePieceTokenizer:
     self._sp = spm.SentencePieceProcessor(model_file=path)
     self.vocab_size = self._sp.get_piece_size()
 
-  def encode(self, text: str) -> list[int]:
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    del add_special_tokens  # a .model file records no such setting; sentencepiece adds nothing
     return self._sp.encode(text)
 
-  def decode(self, ids: Sequence[int]) -> str:
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    del skip_special_tokens  # sentencepiece decodes control tokens to nothing either way
     return self._sp.decode([int(i) for i in ids])
 
 
@@ -64,11 +71,11 @@ class HFTokenizer:
     self._tok = _HF.from_file(path)
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
-  def decode(self, ids: Sequence[int]) -> str:
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
   def token_to_id(self, token: str) -> int | None:
     """The id of a token string (e.g. '<|eot_id|>'), or None if the vocabulary lacks it."""

@@ -25,8 +25,9 @@ from flax import nnx
 from tqdm import tqdm
 
 from lladax import checkpoint, diffusion, model_config, sampler
-from lladax.config import ConfigError, from_section
+from lladax.config import ConfigError, choice, from_section
 from lladax.data import tokenizers
+from lladax.evals import protocols
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +45,20 @@ class EvalConfig:
                              # the prompt: a perfect score proves the pipeline (no checkpoint needed)
   resume: bool = True        # reuse the finished cells of <workdir>/<job>_cells.jsonl
   output_name: str = ''      # file prefix of the outputs; '' = the job's name (niah, ruler, ...)
+  # How prompts become tokens, outputs become text and what the sampler may predict; '' = the
+  # benchmark protocol's (lladax/evals/protocols.py). Another value is recorded as a deviation.
+  prompt_tokens: str = ''    # tokenizer (its own special tokens, none for LLaDA) | bos
+  decode: str = ''           # skip_special (all tokens, special ones skipped) | until_eos
+  mask_prediction: str = ''  # allow (LLaDA's generate.py) | ban
 
   def __post_init__(self):
     if self.batch_size <= 0 or self.pad_multiple <= 0:
       raise ConfigError('config.eval.batch_size and pad_multiple must be positive.')
+    for name, options in (('prompt_tokens', protocols.PROMPT_TOKENS),
+                          ('decode', protocols.DECODE),
+                          ('mask_prediction', protocols.MASK_PREDICTION)):
+      if getattr(self, name):
+        choice(getattr(self, name), options, f'config.eval.{name}')
     if self.mesh_hook and ':' not in self.mesh_hook:
       raise ConfigError(f'config.eval.mesh_hook={self.mesh_hook!r} must be "module:function".')
 
@@ -157,26 +168,44 @@ def _tail_cross_entropy(graphdef, state, tokens, segment_ids, targets):
   return diffusion.token_cross_entropy(logits, targets)
 
 
+LLADAX_GENERATION = protocols.GENERATION['lladax']
+
+
 class ModelGenerator:
-  """The LLaDA sampler behind `Generator`: BOS + prompt tokens, left-padded batches of
-  `batch_size` whose widths are bucketed, decoded, cut at EOS / EoT."""
+  """The LLaDA sampler behind `Generator`: prompt tokens as `generation.prompt_tokens` says,
+  left-padded batches of `batch_size` whose widths are bucketed, decoded, turned into text as
+  `generation.decode` says."""
 
   def __init__(self, model, tokenizer, batch_size: int = 1, pad_multiple: int = 256,
-               put: Callable = jnp.asarray, context: Callable = contextlib.nullcontext):
+               put: Callable = jnp.asarray, context: Callable = contextlib.nullcontext,
+               generation: protocols.Generation = LLADAX_GENERATION):
     self.model, self.tokenizer, self.put, self.context = model, tokenizer, put, context
-    self.batch_size, self.pad_multiple = batch_size, pad_multiple
+    self.batch_size, self.pad_multiple, self.generation = batch_size, pad_multiple, generation
     cfg = model.cfg
     self.bos = [cfg.bos_token_id] if cfg.bos_token_id is not None else []
     self.eos = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
 
   def prompt_ids(self, text: str) -> list[int]:
+    if self.generation.prompt_tokens == 'tokenizer':
+      return self.tokenizer.encode(text, add_special_tokens=True)
     return self.bos + self.tokenizer.encode(text)
+
+  def text(self, ids) -> str:
+    """Decoded output tokens as the protocol turns them into text."""
+    if self.generation.decode == 'skip_special':
+      return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    return self.tokenizer.decode(sampler.strip_generation(ids, self.eos))
 
   def generate(self, prompts, cfg, seed=0, keep: int | None = None):
     """`keep` cuts each output to its first `keep` tokens (the decode length is whole blocks)."""
+    return self.generate_ids([self.prompt_ids(p) for p in prompts], cfg, seed, keep)
+
+  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], cfg, seed=0,
+                   keep: int | None = None):
+    """As `generate`, for prompts already tokenized (e.g. truncated as token ids)."""
     out = []
-    for start in range(0, len(prompts), self.batch_size):
-      ids = [self.prompt_ids(p) for p in prompts[start:start + self.batch_size]]
+    for start in range(0, len(prompt_ids), self.batch_size):
+      ids = [list(p) for p in prompt_ids[start:start + self.batch_size]]
       n = len(ids)
       # Short final batches are filled with copies so every batch has one compiled shape.
       ids += [ids[0]] * (self.batch_size - n)
@@ -190,8 +219,7 @@ class ModelGenerator:
       with self.context():
         rows = np.asarray(sampler.generate(self.model, self.put(tokens), key, cfg,
                                            self.put(mask)))
-      out += [self.tokenizer.decode(sampler.strip_generation(r[width:width + (keep or len(r))],
-                                                             self.eos)) for r in rows[:n]]
+      out += [self.text(r[width:width + (keep or len(r))]) for r in rows[:n]]
     return out
 
 
@@ -225,31 +253,44 @@ class ModelScorer:
     return np.concatenate(out)
 
 
-def model_generator(config, ecfg: EvalConfig):
+def model_generator(config, ecfg: EvalConfig,
+                    generation: protocols.Generation = LLADAX_GENERATION):
   """(generator, tokenizer, info) for the checkpoint the recipe names."""
   model, tok, info = load(config)
   model, put, context = place(model, config, ecfg)
-  return ModelGenerator(model, tok, ecfg.batch_size, ecfg.pad_multiple, put, context), tok, info
+  return ModelGenerator(model, tok, ecfg.batch_size, ecfg.pad_multiple, put, context,
+                        generation), tok, info
 
 
 def setup(config, ecfg: EvalConfig, generator: Generator | None = None,
-          oracle: Callable[[], Generator] | None = None):
+          oracle: Callable[[], Generator] | None = None, protocol: str = 'lladax'):
   """(generator, model tokenizer, info): the checkpoint's model, or `generator` if one is passed,
-  or the job's oracle with config.eval.oracle (then the tokenizer comes from config.tokenizer)."""
+  or the job's oracle with config.eval.oracle (then the tokenizer comes from config.tokenizer).
+  `info` records the protocol, its generation settings and the recipe's deviations from them."""
+  generation, deviations = protocols.generation(protocol, ecfg, config.get('model'))
+  record = {'protocol': protocol, 'generation': dataclasses.asdict(generation),
+            'deviations': deviations}
+  if deviations:
+    logging.warning('protocol %s, with deviations: %s', protocol, '; '.join(deviations))
   if generator is None and ecfg.oracle and oracle is not None:
     generator = oracle()
   if generator is None:
-    return model_generator(config, ecfg)
+    generator, tok, info = model_generator(config, ecfg, generation)
+    return generator, tok, dict(info, **record)
   meta = checkpoint.read_config(config.checkpoint)[1] if config.get('checkpoint') else None
   info = (oracle_info(config) if ecfg.oracle else
           {'checkpoint': config.get('checkpoint') or 'custom generator', 'rope': None,
            'model': None})
-  return generator, load_tokenizer(config, meta), info
+  return generator, load_tokenizer(config, meta), dict(info, **record)
 
 
-def sampler_settings(config, **decode) -> sampler.SamplerConfig:
-  """config.sample's temperature, remasking, cfg and suppression with a job's decode lengths."""
+def sampler_settings(config, generation: protocols.Generation | None = None,
+                     **decode) -> sampler.SamplerConfig:
+  """config.sample's temperature, remasking, cfg and suppression with a job's decode lengths and
+  the protocol's mask prediction."""
   base = sampler.from_config(config)
+  if generation is not None:
+    decode['mask_prediction'] = generation.mask_prediction
   return dataclasses.replace(base, **decode)
 
 
@@ -407,3 +448,8 @@ def try_plot(fn: Callable, *args, **kwargs) -> str | None:
 def mean(values: Iterable[float]) -> float:
   values = list(values)
   return float(sum(values) / len(values)) if values else math.nan
+
+
+def generation_of(info: dict) -> protocols.Generation:
+  """The generation settings `setup` resolved and recorded in `info`."""
+  return protocols.Generation(**info['generation'])
