@@ -71,13 +71,19 @@ def stratified_mask_counts(key: jax.Array, length: int, batch: int) -> jax.Array
 
 def log_likelihood(logits_fn: Callable[[jax.Array], jax.Array], prompt: jax.Array,
                    answer: jax.Array, key: jax.Array, *, mask_id: int, mc_num: int = 128,
-                   batch_size: int = 16, cfg_scale: float = 0.0) -> jax.Array:
+                   batch_size: int = 16, cfg_scale: float = 0.0,
+                   score_all_masks: bool = False) -> jax.Array:
   """Monte Carlo estimate of log p(answer | prompt), as LLaDA's get_log_likelihood.py.
 
   logits_fn maps tokens [b, P + A] to logits [b, P + A, V]. Each of mc_num / batch_size
   iterations masks exactly l_i answer tokens in row i (stratified counts), never the prompt,
   and scores sum(CE / (l_i / A)) / batch_size. With cfg_scale > 0 the unconditional copy has its
   prompt masked and logits = un + (cfg + 1) (cond - un).
+
+  score_all_masks: score every position that holds the mask token after noising, as LLaDA's code
+  does (`perturbed_seq == mask_id`): a mask token the prompt or answer already held is scored too,
+  its target being the mask token. False scores the noised answer positions only; the two differ
+  only when the text holds mask tokens.
   """
   if mc_num % batch_size:
     raise ValueError(f'mc_num={mc_num} must be a multiple of batch_size={batch_size}')
@@ -101,7 +107,8 @@ def log_likelihood(logits_fn: Callable[[jax.Array], jax.Array], prompt: jax.Arra
       logits = logits_fn(noisy)
     ce = token_cross_entropy(logits, seq)
     p = counts.astype(jnp.float32) / alen
-    return jnp.sum(jnp.where(masked, ce / p[:, None], 0.0)) / batch_size
+    scored = (noisy == mask_id) if score_all_masks else masked
+    return jnp.sum(jnp.where(scored, ce / p[:, None], 0.0)) / batch_size
 
   losses = jax.lax.map(one, jax.random.split(key, mc_num // batch_size))
   return -jnp.mean(losses)

@@ -112,3 +112,23 @@ def test_likelihood_rejects_uneven_batches():
   with pytest.raises(ValueError, match='multiple'):
     diffusion.log_likelihood(lambda t: t, jnp.array([1]), jnp.array([2]), jax.random.key(0),
                              mask_id=0, mc_num=10, batch_size=4)
+
+
+def test_likelihood_can_score_mask_tokens_the_text_holds_as_llada_does():
+  """LLaDA's code scores every position holding the mask after noising (perturbed == mask_id), so
+  a mask token already in the prompt is scored too (target: the mask), weighted by 1/p. With
+  uniform logits, A = 4 and mini-batches of 4 (counts 1..4 once each) that adds
+  sum_l (A / l) log V / 4 = 25/12 log V to the exact A log V."""
+  vocab, mask = 8, 7
+  prompt = jnp.array([3, mask, 5])
+  answer = jnp.array([1, 2, 0, 1])
+
+  def uniform(tokens):
+    return jnp.zeros(tokens.shape + (vocab,))
+
+  kwargs = dict(mask_id=mask, mc_num=8, batch_size=4)
+  plain = diffusion.log_likelihood(uniform, prompt, answer, jax.random.key(0), **kwargs)
+  assert float(plain) == pytest.approx(-4 * np.log(vocab), rel=1e-5)
+  scored = diffusion.log_likelihood(uniform, prompt, answer, jax.random.key(0),
+                                    score_all_masks=True, **kwargs)
+  assert float(scored) == pytest.approx(-(4 + 25 / 12) * np.log(vocab), rel=1e-5)

@@ -1,8 +1,8 @@
-"""The lm-evaluation-harness adapter without lm-eval installed: its three methods called with
-request-like objects, and its registration against a stand-in lm_eval package."""
+"""The lm-evaluation-harness adapter without lm-eval: its three methods called with request-like
+objects, its options, and the message when lm-eval is missing (tests/test_lm_eval_harness.py runs
+it against LLaDA's own harness and through the real lm-eval)."""
 import math
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +28,12 @@ class CharTokenizer:
   so any continuation the sampler picks can be sent back as text."""
   vocab_size = 264
 
-  def encode(self, text):
+  def encode(self, text, add_special_tokens=False):
+    del add_special_tokens
     return [ord(c) - 0x100 for c in text]
 
-  def decode(self, ids):
+  def decode(self, ids, skip_special_tokens=False):
+    del skip_special_tokens
     return ''.join(chr(0x100 + int(i)) for i in ids)
 
 
@@ -39,7 +41,8 @@ class CharTokenizer:
 def lm():
   model = model_lib.init(tiny_model_config(), seed=11)
   return lm_eval_adapter.LladaxLM(model=model, tokenizer=CharTokenizer(), mc_num='8',
-                                  mc_batch='4', greedy_check='True', block_length='4')
+                                  batch_size='4', is_check_greedy='True', block_length='4',
+                                  gen_length='8', steps='8')
 
 
 def text(s):
@@ -55,17 +58,25 @@ def test_loglikelihood_is_the_diffusion_bound_with_trailing_spaces_moved(lm):
   finally:
     lm.tokenizer = CharTokenizer()
   assert a == b and a < 0 and math.isfinite(a)
-  assert answer == list(b' world') and prompt == [lm.model.cfg.bos_token_id] + list(b'Hello')
+  # No BOS: the tokenizer's own special tokens (none), as LLaDA's harness.
+  assert answer == list(b' world') and prompt == list(b'Hello')
   (empty, greedy), = lm.loglikelihood([Request(text('Hello'), '')])
   assert empty == 0.0 and greedy is False
+  lm.prompt_tokens = 'bos'
+  try:
+    assert lm._encode_pair(text('Hi'), text('!'))[0] == [lm.model.cfg.bos_token_id] + [
+        ord(c) - 0x100 for c in text('Hi')]
+  finally:
+    lm.prompt_tokens = 'tokenizer'
 
 
 def test_is_greedy_only_for_the_samplers_own_continuation(lm):
-  cfg = sampler.SamplerConfig(gen_length=3, block_length=3, steps=3)
+  cfg = sampler.SamplerConfig(gen_length=3, block_length=3, steps=3, mask_prediction='allow')
   context = text('The context')
-  prompt = [lm.model.cfg.bos_token_id] + lm.tokenizer.encode(context)
+  prompt = lm.tokenizer.encode(context)
   out = np.asarray(sampler.generate(lm.model, jnp.asarray([prompt]), jax.random.key(0), cfg))
   ids = out[0, len(prompt):].tolist()
+  assert lm._greedy_decode(prompt, 3) == ids
   own = lm.tokenizer.decode(ids)
   other = lm.tokenizer.decode(ids[:-1] + [(ids[-1] + 1) % 250])
   (_, greedy), (_, not_greedy) = lm.loglikelihood([Request(context, own), Request(context, other)])
@@ -75,60 +86,45 @@ def test_is_greedy_only_for_the_samplers_own_continuation(lm):
 def test_rolling_loglikelihood_sums_windows(lm):
   lm.rolling_window = 4
   total, = lm.loglikelihood_rolling([Request(text('abcdefghij'))])
-  bos = [lm.model.cfg.bos_token_id]
-  parts = [lm._score(bos + list(b'abcdefghij'[:s]), list(b'abcdefghij'[s:s + 4]))
-           for s in (0, 4, 8)]
+  parts = [lm._score(list(b'abcdefghij'[:s]), list(b'abcdefghij'[s:s + 4])) for s in (0, 4, 8)]
   assert total == pytest.approx(sum(parts)) and total < 0
 
 
-def test_generate_until_honours_max_gen_toks_and_stop_strings(lm):
-  free, = lm.generate_until([Request(text('Once upon'), {'max_gen_toks': 6})])
-  assert 0 < len(free) <= 6  # one character per token
+def test_generate_until_official_uses_the_model_arguments_length(lm):
+  """LLaDA's harness: gen_length tokens whatever the request's max_gen_toks, cut at each stop
+  string in turn (eval_llada.py's `text.split(stop)[0]`)."""
+  free, = lm.generate_until([Request(text('Once upon'), {'max_gen_toks': 2})])
+  assert len(free) == 8  # one character per token, none special
   stop = free[min(2, len(free) - 1)]
-  cut, = lm.generate_until([Request(text('Once upon'), {'until': [stop], 'max_gen_toks': 6})])
-  assert stop not in cut and free.startswith(cut)
+  cut, = lm.generate_until([Request(text('Once upon'), {'until': [stop], 'max_gen_toks': 2})])
+  assert cut == free.split(stop)[0]
+  assert lm_eval_adapter.cut_at('abcabc', ['c', 'a']) == '' and \
+      lm_eval_adapter.cut_at('abcabc', ['c', 'b']) == 'a'
+
+
+def test_generate_until_max_gen_toks_mode_honours_the_request(lm):
+  lm.until_mode = 'max_gen_toks'
+  try:
+    free, = lm.generate_until([Request(text('Once upon'), {'max_gen_toks': 6})])
+    assert 0 < len(free) <= 6  # one character per token
+    stop = free[min(2, len(free) - 1)]
+    cut, = lm.generate_until([Request(text('Once upon'), {'until': [stop], 'max_gen_toks': 6})])
+    assert stop not in cut and free.startswith(cut)
+  finally:
+    lm.until_mode = 'official'
 
 
 def test_loads_a_checkpoint_from_model_args_strings(tiny_checkpoint):
-  lm = lm_eval_adapter.LladaxLM(checkpoint=tiny_checkpoint, mc_num='4', mc_batch='2',
+  lm = lm_eval_adapter.LladaxLM(checkpoint=tiny_checkpoint, mc_num='4', batch_size='2',
                                 rope_theta='40000', device='cuda', max_batch_size='8')
+  assert (lm.mc_num, lm.batch_size) == (4, 2)
   assert lm.model.cfg.rope_theta == 40000.0 and isinstance(lm.tokenizer, tokenizers.ByteTokenizer)
   with pytest.raises(ConfigError, match='needs checkpoint=DIR'):
     lm_eval_adapter.LladaxLM()
 
 
-def test_registers_as_an_lm_eval_model(monkeypatch):
-  registry = types.ModuleType('lm_eval.api.registry')
-  registry.MODEL_REGISTRY = {}
-
-  def register_model(name):
-    def add(cls):
-      registry.MODEL_REGISTRY[name] = cls
-      return cls
-    return add
-
-  registry.register_model = register_model
-  model_module = types.ModuleType('lm_eval.api.model')
-
-  class LM:
-    def __init__(self):
-      self.initialised_by_lm_eval = True
-
-  model_module.LM = LM
-  api = types.ModuleType('lm_eval.api')
-  api.model, api.registry = model_module, registry
-  package = types.ModuleType('lm_eval')
-  package.api = api
-  for name, module in (('lm_eval', package), ('lm_eval.api', api),
-                       ('lm_eval.api.model', model_module), ('lm_eval.api.registry', registry)):
-    monkeypatch.setitem(sys.modules, name, module)
-  cls = lm_eval_adapter.harness_class()
-  assert registry.MODEL_REGISTRY['lladax'] is cls and issubclass(cls, LM)
-  assert issubclass(cls, lm_eval_adapter.LladaxLM)
-  assert lm_eval_adapter.harness_class() is cls  # registered once
-
-
 def test_without_lm_eval_the_harness_class_says_how_to_get_it(monkeypatch):
-  monkeypatch.setitem(sys.modules, 'lm_eval', None)
+  for name in ('lm_eval', 'lm_eval.api', 'lm_eval.api.model', 'lm_eval.api.registry'):
+    monkeypatch.setitem(sys.modules, name, None)  # also when another test imported it
   with pytest.raises(ConfigError, match='pip install lm-eval'):
     lm_eval_adapter.harness_class()

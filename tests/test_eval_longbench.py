@@ -1,5 +1,7 @@
-"""LongBench: middle truncation, prompts and post-processing, a gold-answer run scoring 100 on
-every metric family, grouping and weighting, LongBench-E buckets, and a tiny checkpoint run."""
+"""LongBench under protocol 'lladax' (THUDM/LongBench's pred.py as lladax reads it): middle
+truncation, prompts and post-processing, a gold-answer run scoring 100 on every metric family,
+grouping and weighting, LongBench-E buckets, and a tiny checkpoint run. The papers' protocol is
+tested in test_eval_longbench_protocol.py."""
 import json
 
 import pytest
@@ -54,7 +56,7 @@ def test_middle_truncation_keeps_the_first_and_last_halves():
 
 
 def test_prompts_templates_and_chat():
-  cfg = longbench.LongBenchConfig(max_length=10000, chat_template=True)
+  cfg = longbench.LongBenchConfig(protocol='lladax', max_length=10000, chat_template=True)
   sample = SAMPLES['narrativeqa'][0]
   prompt = longbench.build_prompt('narrativeqa', sample, longbench.PROMPTS['narrativeqa'], BYTES,
                                   cfg)
@@ -76,7 +78,8 @@ def test_first_line_and_newline_stop():
 
 
 def test_gold_answers_score_100_on_every_metric(tmp_path):
-  c = recipe('eval_longbench', tmp_path, longbench=dict(data_dir=data_dir(tmp_path)))
+  c = recipe('eval_longbench', tmp_path, longbench=dict(data_dir=data_dir(tmp_path),
+                                                        protocol='lladax'))
   c.eval.oracle = True
   result = jobs.run(c)
   assert {d: v['score'] for d, v in result['datasets'].items()} == {d: 100.0 for d in SAMPLES}
@@ -100,7 +103,7 @@ def test_summary_groups_and_question_weighting():
 
 def test_longbench_e_reads_the_e_files(tmp_path):
   c = recipe('eval_longbench', tmp_path, longbench=dict(data_dir=data_dir(tmp_path, '_e'),
-                                                        longbench_e=True,
+                                                        longbench_e=True, protocol='lladax',
                                                         datasets=('gov_report', 'vcsum')))
   c.eval.oracle = True
   result = jobs.run(c)
@@ -111,7 +114,7 @@ def test_longbench_e_reads_the_e_files(tmp_path):
 def test_tiny_checkpoint_run_truncates_long_prompts(tmp_path, tiny_checkpoint):
   c = recipe('eval_longbench', tmp_path, longbench=dict(
       data_dir=data_dir(tmp_path), datasets=('narrativeqa', 'passage_count'), max_length=200,
-      block_length=32, steps=8))
+      block_length=32, steps=8, protocol='lladax'))
   c.checkpoint = tiny_checkpoint
   c.eval.batch_size = 2
   result = jobs.run(c)

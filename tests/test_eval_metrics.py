@@ -105,3 +105,44 @@ def test_count_retrieval_and_code_similarity():
 def test_best_over_answers_takes_the_best_gold_answer():
   assert metrics.best_over_answers('qa_f1', 'Paris', ['London', 'Paris']) == 1.0
   assert metrics.best_over_answers('count', '7', ['6']) == 0.0
+
+
+# OpenCompass' LongBench evaluators (the papers' protocol), worked by hand; the golden tests in
+# test_eval_longbench_protocol.py compare them to the evaluators themselves.
+
+
+def test_opencompass_chinese_f1_counts_jieba_words():
+  # jieba: [北京, 是, 首都, 。]; the full stop normalises to '' and is dropped: P 1/3, R 1 -> 1/2.
+  assert metrics.jieba_words('北京是首都。') == ['北京', '是', '首都', '。']
+  assert metrics.oc_f1_score('北京是首都。', ['北京'], 'zh') == pytest.approx(0.5)
+  assert metrics.oc_f1_score('The cat sat on the mat!', ['x', 'cat on mat']) == pytest.approx(6 / 7)
+
+
+def test_opencompass_rouge_l_is_the_rouge_packages():
+  # Words as sets: the reference has 4 distinct words, the prediction 5; the union LCS covers
+  # the reference's 4: R 1, P 4/5, F = 2PR / (P + R + 1e-8).
+  want = 2 * 0.8 / (1.8 + 1e-8)
+  assert metrics.oc_rouge_score('the cat sat on the mat', ['the cat on the mat']) == \
+      pytest.approx(want, rel=1e-12)
+  assert metrics.oc_rouge_score('', ['a b']) == 0.0      # the package raises; scored 0
+  assert metrics.oc_rouge_score('x', ['', 'x']) == pytest.approx(1 - 5e-9)
+
+
+def test_opencompass_sums_count_retrieval_and_classification_over_references():
+  assert metrics.oc_count_score('5', ['5', '5']) == 2.0
+  assert metrics.oc_retrieval_score('Paragraph 3', ['Paragraph 3', 'Paragraph 4']) == 1.0
+  assert metrics.oc_retrieval_score('3', ['Paragraph 3', 'Paragraph 3']) == 2.0
+  assert metrics.oc_classification_score('Human being', ['Human being', 'Human'],
+                                         ['Human', 'Human being']) == 1.5
+  with pytest.raises(ValueError, match='names no paragraph'):
+    metrics.oc_retrieval_score('1', ['the first'])
+
+
+def test_fuzz_ratio_rounds_as_each_fuzzywuzzy_back_end():
+  # LCS 1 of 80 characters: python-Levenshtein's ratio 1 - 78/80 = 0.025000000000000022 rounds
+  # to 3; difflib's 2/80 = 0.025 gives 2.5, which rounds to even: 2.
+  a, b = 'a' + 'x' * 39, 'a' + 'y' * 39
+  assert (metrics.fuzz_ratio(a, b), metrics.fuzz_ratio(a, b, 'difflib')) == (3, 2)
+  assert metrics.similarity_ratio(a, b) == 3
+  assert metrics.fuzz_ratio('', '') == 100 and metrics.fuzz_ratio('', 'x') == 0
+  assert metrics.oc_code_sim_score('```\n# c\nx = foo(1)', ['y', 'x = foo(2)']) == 0.9

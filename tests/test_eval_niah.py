@@ -1,5 +1,7 @@
-"""Needle in a haystack: the haystack and needle placement, NeedleBench needle files, the job end
-to end with an oracle (100) and with a tiny checkpoint (resumable, heatmap), and its recipe."""
+"""Needle in a haystack under lladax's own protocol (protocol='lladax'): the haystack and needle
+placement, NeedleBench needle files, the job end to end with an oracle (100) and with a tiny
+checkpoint (resumable, heatmap), and its recipe. The papers' protocol is in
+test_eval_niah_protocol.py."""
 import json
 import os
 import subprocess
@@ -29,8 +31,8 @@ def word_tokenizer(tmp_path):
 
 
 def builder(tmp_path, counter=BYTES, **overrides):
-  settings = dict(grid='custom', lengths=(400, 800), depths=(0.0, 25.0, 50.0, 100.0),
-                  repeats=2, length_buffer=100)
+  settings = dict(protocol='lladax', grid='custom', lengths=(400, 800),
+                  depths=(0.0, 25.0, 50.0, 100.0), repeats=2, length_buffer=100)
   settings.update(overrides)
   cfg = niah.NiahConfig(**settings)
   return niah.Builder(cfg, niah.load_needles(cfg), haystack.generated_documents(0), counter), cfg
@@ -83,7 +85,7 @@ def test_needlebench_records_become_answer_stems(tmp_path):
        'retrieval_question': '谁是第一支？', 'arg2': '尘埃猫头鹰'},
   ]
   path.write_text('\n'.join(json.dumps(r, ensure_ascii=False) for r in rows))
-  needles = niah.load_needles(niah.NiahConfig(needles=str(path)))
+  needles = niah.load_needles(niah.NiahConfig(protocol='lladax', needles=str(path)))
   assert len(needles) == 1
   n = needles[0]
   assert n['question'] == 'Who was the first band to play on Mars?'
@@ -102,12 +104,12 @@ def test_grids_reproduce_the_papers():
   with pytest.raises(ConfigError, match='needs config.niah.lengths'):
     niah.NiahConfig(grid='custom')
   with pytest.raises(ConfigError, match='lacks {stem}'):
-    niah.NiahConfig(template='{context}')
+    niah.NiahConfig(protocol='lladax', template='{context}')
 
 
 def small(tmp_path, **niah_overrides):
-  settings = dict(grid='custom', lengths=(300, 600), depths=(0.0, 50.0, 100.0), repeats=2,
-                  length_buffer=100)
+  settings = dict(protocol='lladax', grid='custom', lengths=(300, 600),
+                  depths=(0.0, 50.0, 100.0), repeats=2, length_buffer=100)
   settings.update(niah_overrides)
   return recipe('eval_niah', tmp_path, niah=settings)
 
@@ -172,7 +174,7 @@ def test_command_line_runs_the_recipe_with_an_oracle(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'lladax.main', '--config', 'configs/eval_niah.py',
        f'--config.workdir={tmp_path}', '--config.eval.oracle=True', '--config.tokenizer.kind=bytes',
-       '--config.niah.grid=custom', '--config.niah.lengths=(700,)', '--config.niah.repeats=1',
+       '--config.niah.protocol=lladax', '--config.niah.grid=custom', '--config.niah.lengths=(700,)', '--config.niah.repeats=1',
        '--config.niah.depths=(0.0,100.0)'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,5 +1,6 @@
-"""RULER: every generator's output checked (lengths, answers present exactly once, the task's
-structure), an oracle scoring 100 on all 13 tasks through the job, and a tiny checkpoint run."""
+"""RULER under protocol lladax (lladax's own reading): every generator's output checked (lengths,
+answers present exactly once, the task's structure), an oracle scoring 100 on all 13 tasks through
+the job, and a tiny checkpoint run. The papers' protocols are tested in test_eval_ruler_protocol."""
 import collections
 import json
 import re
@@ -134,9 +135,9 @@ def test_qa_gold_documents_are_mixed_in_once(task, res):
 
 
 def test_oracle_scores_100_on_all_13_tasks_through_the_job(tmp_path):
-  c = recipe('eval_ruler', tmp_path, ruler=dict(lengths=(2048, 2600), samples=2,
-                                                squad=squad_file(tmp_path),
-                                                hotpotqa=hotpot_file(tmp_path)))
+  c = recipe('eval_ruler', tmp_path,
+             ruler=dict(protocol='lladax', lengths=(2048, 2600), samples=2,
+                        squad=squad_file(tmp_path), hotpotqa=hotpot_file(tmp_path)))
   c.eval.oracle = True
   c.eval.batch_size = 2
   result = jobs.run(c)
@@ -147,9 +148,9 @@ def test_oracle_scores_100_on_all_13_tasks_through_the_job(tmp_path):
 
 
 def test_a_wrong_answer_scores_zero_and_part_match_scores_qa(tmp_path):
-  c = recipe('eval_ruler', tmp_path, ruler=dict(lengths=(2048,), samples=1,
-                                                tasks=('niah_multivalue', 'qa_1'),
-                                                squad=squad_file(tmp_path)))
+  c = recipe('eval_ruler', tmp_path,
+             ruler=dict(protocol='lladax', lengths=(2048,), samples=1,
+                        tasks=('niah_multivalue', 'qa_1'), squad=squad_file(tmp_path)))
   # Two of the four values: 'all' gives 50. One of the two QA references, in other case:
   # 'part' gives 100.
   def half(prompt):
@@ -164,9 +165,9 @@ def test_a_wrong_answer_scores_zero_and_part_match_scores_qa(tmp_path):
 
 
 def test_tiny_checkpoint_run(tmp_path, tiny_checkpoint):
-  c = recipe('eval_ruler', tmp_path, ruler=dict(lengths=(1024,), samples=2,
-                                                tasks=('niah_single_1', 'fwe'),
-                                                gen_length=16, block_length=16, steps=8))
+  c = recipe('eval_ruler', tmp_path,
+             ruler=dict(protocol='lladax', lengths=(1024,), samples=2,
+                        tasks=('niah_single_1', 'fwe'), gen_length=16, block_length=16, steps=8))
   c.checkpoint = tiny_checkpoint
   c.eval.batch_size = 2
   result = jobs.run(c)
@@ -177,8 +178,9 @@ def test_tiny_checkpoint_run(tmp_path, tiny_checkpoint):
 
 def test_missing_qa_file_and_too_short_length_are_one_sentence(tmp_path):
   with pytest.raises(ConfigError, match='config.ruler.squad is empty'):
-    ruler.RulerConfig(tasks=('qa_1',))
-  c = recipe('eval_ruler', tmp_path, ruler=dict(lengths=(300,), samples=1, tasks=('vt',)))
+    ruler.RulerConfig(protocol='lladax', tasks=('qa_1',))
+  c = recipe('eval_ruler', tmp_path,
+             ruler=dict(protocol='lladax', lengths=(300,), samples=1, tasks=('vt',)))
   c.eval.oracle = True
   with pytest.raises(ConfigError, match='use a longer length'):
     jobs.run(c)

@@ -128,3 +128,54 @@ def test_gumbel_max_samples_the_softmax():
 def test_sampler_config_errors(kw, match):
   with pytest.raises(ConfigError, match=match):
     SamplerConfig(**kw)
+
+
+class HeadCounter:
+  """A Network whose prediction at a position is `position % 50`, more confident the earlier the
+  position; it records how many positions each executed LM head call covers."""
+
+  def __init__(self):
+    self.sizes = []
+
+  def hidden(self, tokens, positions, segment_ids):
+    del segment_ids
+    return jnp.stack([tokens, positions], -1).astype(jnp.float32)
+
+  def logits(self, hidden):
+    n = hidden.shape[1]
+    jax.debug.callback(lambda: self.sizes.append(n))
+    pos = hidden[..., 1].astype(jnp.int32)
+    return jax.nn.one_hot(pos % 50, VOCAB) * (40.0 - hidden[..., 1:2])
+
+
+def test_allow_mode_runs_the_lm_head_only_on_blocks_with_candidates():
+  """Generated blocks are projected one at a time and only while they hold a mask before the
+  current block's end: here exactly the current block, as in the window path."""
+  net = HeadCounter()
+  cfg = SamplerConfig(gen_length=8, block_length=4, steps=4, mask_prediction='allow')
+  out = np.asarray(sampler.sample(net, jnp.array([[1, 2, 3]]), jax.random.key(0), cfg,
+                                  mask_id=MASK))
+  np.testing.assert_array_equal(out[0, 3:], np.arange(3, 11) % 50)
+  assert net.sizes == [4, 4, 4, 4]
+
+
+def test_prompt_masks_are_filled_padding_never_and_the_head_skips_filled_parts():
+  net = HeadCounter()
+  cfg = SamplerConfig(gen_length=8, block_length=4, steps=4)  # 'ban', two per step
+  # Left padding holds the mask id (prompt_mask False there): never a candidate.
+  prompt = jnp.array([[MASK, MASK, 7, MASK, 9]])
+  real = jnp.array([[False, False, True, True, True]])
+  out = np.asarray(sampler.sample(net, prompt, jax.random.key(0), cfg, mask_id=MASK,
+                                  prompt_mask=real, infill=2))
+  np.testing.assert_array_equal(out[0], [MASK, MASK, 7, 3, 9, 5, 6, 7, 8, 9, 10, 11, MASK])
+  # Step 1 projects the prompt part (infill=2 slots) and block 0; its most confident candidate is
+  # the prompt mask, so later steps project only the blocks that still hold a candidate: block 0
+  # (steps 1-3), block 1 (steps 3-4). The last position is left: the schedule reveals
+  # gen_length tokens and one of them went to the prompt.
+  assert sorted(net.sizes) == [2, 4, 4, 4, 4, 4]
+
+
+def test_the_general_path_needs_a_network():
+  cfg = SamplerConfig(gen_length=4, block_length=4, steps=4, mask_prediction='allow')
+  with pytest.raises(ValueError, match='hidden'):
+    sampler.sample(counting_window(4, 4), jnp.array([[1]]), jax.random.key(0), cfg, mask_id=MASK)

@@ -48,6 +48,11 @@ class TiktokenTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._enc.encode_ordinary(text)
 
+  def encode_refusing_special(self, text: str) -> list[int]:
+    """tiktoken's `encode` with its defaults, as NeedleBench tokenizes: text holding a special
+    token's string (e.g. '<|endoftext|>') raises ValueError instead of being encoded as text."""
+    return self._enc.encode(text)
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._enc.decode(list(ids))
 
@@ -141,6 +146,27 @@ def read_documents(pattern: str, where: str) -> list[str]:
   if not docs:
     raise ConfigError(f'{where}={pattern!r} matches only empty files; give files with text.')
   return docs
+
+
+def read_records(path: str, where: str) -> list[dict]:
+  """Every line of a JSON-lines file as a record, in file order, none skipped: NeedleBench shuffles
+  the lines themselves, so a dropped line would change every draw after it."""
+  if not path:
+    raise ConfigError(f'{where} is empty; give the local JSON-lines file it names.')
+  if not os.path.isfile(path):
+    raise ConfigError(f'{where}={path!r} is not a file; give the local JSON-lines file.')
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for i, line in enumerate(f):
+      try:
+        record = json.loads(line.strip())
+      except json.JSONDecodeError:
+        record = None
+      if not isinstance(record, dict):
+        raise ConfigError(f'{path} line {i + 1} is not a JSON record (blank or cut off); fix '
+                          f'or drop that line of {where}.')
+      records.append(record)
+  return records
 
 
 def generated_documents(seed: int, n_docs: int = 64, sentences: int = 40) -> list[str]:

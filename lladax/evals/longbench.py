@@ -1,13 +1,36 @@
-"""LongBench (v1, and LongBench-E) over a local folder of its JSON-lines files.
+"""LongBench (v1, and LongBench-E) over a local folder of its JSON-lines files, as the papers ran
+it or as lladax reads it (`config.longbench.protocol`).
 
-Each dataset's official prompt and output length (config/dataset2prompt.json and
-dataset2maxlen.json of THUDM/LongBench, reproduced below; a local copy of either file overrides
-them), middle truncation of prompts longer than `max_length` tokens (the first and last
-max_length/2 tokens are kept, decoded back to text), optional chat template except for the
-few-shot and code sets, and the official metrics: the best score over a sample's gold answers,
-averaged, x 100. The first line only counts for trec, triviaqa, samsum and lsht. Groups: single-doc
-QA, multi-doc QA, summarisation, few-shot, synthetic, code; 'avg' is the mean over datasets and
-'weighted_avg' the question-weighted mean UltraLLaDA reports. Outputs: longbench_results.json,
+'longllada' (default) and 'ultrallada': OpenCompass 0.4.2's LongBench, which both papers ran with
+the LLaDACausalLM wrapper (no meta template, so no chat template). Each dataset's prompt and
+max_out_len are its OpenCompass config's (configs/datasets/longbench/*/longbench_*_gen_*.py: qasper
+has the hotpotqa prompt and 32 tokens, narrativeqa says "as concisely", multi_news ends with
+"Summary:\n"), filled as OpenCompass fills a template: each field the dataset's loader keeps
+('input', 'context'), then the output column with '', replaced in turn, so a placeholder inside a
+field is filled by the fields after it. The prompt is tokenized as the protocol says (the
+tokenizer's own special tokens) and, when longer than max_length tokens, cut on the token ids
+(never decoded back to text) to ids[:m // 2] + ids[-m // 2:] (Python's -m // 2: an odd m keeps
+the extra token at the end). max_length is LongLLaDA's 7500 ("8k"; 3500 is its "4k") and
+UltraLLaDA's 16000. The generation length is max_out_len rounded up to whole blocks of 64, steps
+512 capped at it; every generated token is decoded. trec, triviaqa, samsum and lsht keep the
+first line of the output (lstrip('\n'), then up to the first '\n'); no stop words. Scores are
+OpenCompass' evaluators (metrics.oc_*): QA F1 (jieba words for Chinese), ROUGE-L of the `rouge`
+package (on jieba words for Chinese), classification, retrieval, count, and code similarity as
+fuzzywuzzy's ratio with python-Levenshtein (OpenCompass' requirements install it; `code_sim=
+'difflib'` is fuzzywuzzy without it). A dataset scores sum / n x 100. The results hold the six
+category means (SD, MD, Sum, ICL, Syn, Code), their mean (OpenCompass' `longbench` summary
+group), the mean over datasets, the question-weighted mean UltraLLaDA reports, and the English
+and Chinese groups of OpenCompass' summarizer.
+
+'lladax': THUDM/LongBench's own pred.py and metrics as lladax reads them: its
+config/dataset2prompt.json and dataset2maxlen.json (reproduced below; a local copy of either file
+overrides them), middle truncation of prompts longer than `max_length` tokens (3500; the first
+and last max_length/2 tokens are kept, decoded back to text), optional chat template except for
+the few-shot and code sets, and pure-Python metrics (metrics.py): the best score over a sample's
+gold answers, averaged, x 100; characters rather than jieba words for Chinese.
+
+Groups: single-doc QA, multi-doc QA, summarisation, few-shot, synthetic, code; 'avg' is the mean
+over datasets and 'weighted_avg' the question-weighted mean. Outputs: longbench_results.json,
 longbench_results.csv and longbench_cells.jsonl (finished samples, for resuming).
 """
 from __future__ import annotations
@@ -16,10 +39,15 @@ import dataclasses
 import json
 import logging
 import os
+import re
 
-from lladax.config import ConfigError, from_section
+from lladax import sampler
+from lladax.config import ConfigError, choice, from_section
 from lladax.data import tokenizers
-from lladax.evals import metrics, oracles, runner
+from lladax.evals import metrics, oracles, protocols, runner
+
+# ---------------------------------------------------------------------------------------------
+# lladax's reading of THUDM/LongBench (protocol 'lladax')
 
 PROMPTS = {
     'narrativeqa': 'You are given a story, which can be either a novel or a movie script, and a question. Answer the question asconcisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nStory: {context}\n\nNow, answer the question based on the story asconcisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:',  # pylint: disable=line-too-long
@@ -76,30 +104,120 @@ FIRST_LINE = ('trec', 'triviaqa', 'samsum', 'lsht')
 STOP = {'samsum': ('\n',)}
 
 
+# ---------------------------------------------------------------------------------------------
+# The papers' protocol: OpenCompass 0.4.2's LongBench configs, loaders and evaluators
+
+OC_PROMPTS = {
+    'narrativeqa': 'You are given a story, which can be either a novel or a movie script, and a question. Answer the question as concisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nStory: {context}\n\nNow, answer the question based on the story as concisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:',  # pylint: disable=line-too-long
+    'multifieldqa_en': PROMPTS['multifieldqa_en'],
+    'multifieldqa_zh': PROMPTS['multifieldqa_zh'],
+    'hotpotqa': PROMPTS['hotpotqa'],
+    'dureader': PROMPTS['dureader'],
+    'gov_report': PROMPTS['gov_report'],
+    'qmsum': PROMPTS['qmsum'],
+    'multi_news': 'You are given several news passages. Write a one-page summary of all news. \n\nNews:\n{context}\n\nNow, write a one-page summary of all the news.\n\nSummary:\n',  # pylint: disable=line-too-long
+    'vcsum': PROMPTS['vcsum'],
+    'trec': PROMPTS['trec'],
+    'triviaqa': PROMPTS['triviaqa'],
+    'samsum': PROMPTS['samsum'],
+    'lsht': PROMPTS['lsht'],
+    'passage_count': PROMPTS['passage_count'],
+    'passage_retrieval_en': PROMPTS['passage_retrieval_en'],
+    'passage_retrieval_zh': PROMPTS['passage_retrieval_zh'],
+    'lcc': PROMPTS['lcc'],
+    'repobench-p': PROMPTS['repobench-p'],
+}
+# qasper has the multi-document QA prompt in OpenCompass (not LongBench's qasper prompt).
+OC_PROMPTS['qasper'] = OC_PROMPTS['2wikimqa'] = OC_PROMPTS['musique'] = OC_PROMPTS['hotpotqa']
+OC_PROMPTS = {d: OC_PROMPTS[d] for d in METRIC}
+
+OC_MAX_OUT_LEN = dict(MAX_NEW_TOKENS, qasper=32)
+
+# The loaders of these keep only the context (and the answers); the others the input first, then
+# the context. trec and lsht keep their answers and classes as the output column 'all_labels'.
+OC_CONTEXT_ONLY = ('gov_report', 'multi_news', 'vcsum', 'passage_count', 'lcc')
+OC_LABELS = ('trec', 'lsht')
+OC_FIRST_LINE = ('trec', 'triviaqa', 'samsum', 'lsht')
+
+# Category labels of UltraLLaDA's table; OpenCompass' summarizer groups (the same members).
+LABELS = {'single_doc_qa': 'SD', 'multi_doc_qa': 'MD', 'summarization': 'Sum',
+          'few_shot': 'ICL', 'synthetic': 'Syn', 'code': 'Code'}
+ZH = ('multifieldqa_zh', 'dureader', 'vcsum', 'lsht', 'passage_retrieval_zh', 'lcc',
+      'repobench-p')
+# In the summarizer's order (the mean adds them up in it); code counts in both.
+EN = ('narrativeqa', 'qasper', 'multifieldqa_en', 'hotpotqa', '2wikimqa', 'musique', 'gov_report',
+      'qmsum', 'multi_news', 'trec', 'triviaqa', 'samsum', 'passage_count', 'passage_retrieval_en',
+      'lcc', 'repobench-p')
+# The prompt length in tokens each protocol keeps (LongLLaDA's "8k"; its "4k" is 3500).
+MAX_LENGTH = {'longllada': 7500, 'ultrallada': 16000, 'lladax': 3500}
+PAPER_MAX_LENGTHS = {'longllada': (3500, 7500), 'ultrallada': (16000,), 'lladax': ()}
+# The average each paper prints: UltraLLaDA's AVG weighs datasets by their questions; LongLLaDA's
+# Avg is OpenCompass' `longbench` summary group, the mean of the six category means.
+PAPER_AVERAGE = {'longllada': 'categories', 'ultrallada': 'questions'}
+
+
 @dataclasses.dataclass(frozen=True)
 class LongBenchConfig:
   """`config.longbench`."""
-  data_dir: str = ''              # folder of LongBench's <dataset>.jsonl files (its data.zip)
+  protocol: str = 'longllada'     # longllada | ultrallada (OpenCompass 0.4.2, as the papers ran
+                                  # it) | lladax (THUDM/LongBench's pred.py, see the docstring)
+  data_dir: str = ''              # folder of LongBench's <dataset>.jsonl files (its data.zip; a
+                                  # folder holding them under data/ works too)
   datasets: tuple[str, ...] = ()  # () = every LongBench dataset with a file in data_dir
   longbench_e: bool = False       # read <dataset>_e.jsonl and also score by length bucket
                                   # (0-4k, 4-8k, 8k+)
-  max_length: int = 3500          # prompt tokens kept, first and last halves (LongLLaDA 3500 /
-                                  # 7500, UltraLLaDA 16000)
+  max_length: int = 0             # prompt tokens kept, first and last halves; 0 = the protocol's
+                                  # (longllada 7500, or 3500 for its "4k"; ultrallada 16000;
+                                  # lladax 3500)
   block_length: int = 64
   steps: int = 512                # capped at each dataset's (rounded) output length
   chat_template: bool = False     # LLaDA-Instruct's template, except for the few-shot and code
-                                  # sets; False for base models
-  prompts: str = ''               # a dataset2prompt.json to use instead of the built-in copy
-  max_new_tokens: str = ''        # a dataset2maxlen.json to use instead of the built-in copy
+                                  # sets; the papers used none, even for instruct models
+  code_sim: str = 'levenshtein'   # fuzzywuzzy's ratio with python-Levenshtein (as OpenCompass'
+                                  # requirements install) | difflib (fuzzywuzzy without it)
+  prompts: str = ''               # a JSON file {dataset: prompt} to use instead of the built-in
+  max_new_tokens: str = ''        # a JSON file {dataset: tokens} to use instead of the built-in
   limit: int = 0                  # first N samples per dataset (0 = all)
 
   def __post_init__(self):
+    protocols.check(self.protocol, 'config.longbench.protocol')
+    choice(self.code_sim, metrics.FUZZ_BACKENDS, 'config.longbench.code_sim')
     unknown = [d for d in self.datasets if d not in METRIC]
     if unknown:
       raise ConfigError(f'config.longbench.datasets has {unknown[0]!r}, not a LongBench dataset; '
                         f'choose from {", ".join(METRIC)}.')
-    if self.max_length < 2:
-      raise ConfigError('config.longbench.max_length must be at least 2 tokens.')
+    if self.max_length and self.max_length < 2:
+      raise ConfigError('config.longbench.max_length must be at least 2 tokens (0 = the '
+                        "protocol's).")
+
+  @property
+  def papers(self) -> bool:
+    return self.protocol in protocols.PAPERS
+
+  @property
+  def prompt_length(self) -> int:
+    return self.max_length or MAX_LENGTH[self.protocol]
+
+
+def deviations(cfg: LongBenchConfig, sample: sampler.SamplerConfig) -> list[str]:
+  """The settings of a papers' protocol run that differ from what the papers ran."""
+  if not cfg.papers:
+    return []
+  out = []
+  if cfg.prompt_length not in PAPER_MAX_LENGTHS[cfg.protocol]:
+    out.append(f'max_length={cfg.prompt_length} (protocol {cfg.protocol}: '
+               f'{" or ".join(map(str, PAPER_MAX_LENGTHS[cfg.protocol]))})')
+  paper = dict(block_length=64, steps=512, chat_template=False, code_sim='levenshtein',
+               longbench_e=False, prompts='', max_new_tokens='', limit=0)
+  out += [f'{k}={getattr(cfg, k)!r} (protocol {cfg.protocol}: {v!r})' for k, v in paper.items()
+          if getattr(cfg, k) != v]
+  # The wrapper's diffusion_config and LLaDA's generate() (which neither suppresses nor defers
+  # EOS / EoT).
+  wrapper = dict(temperature=0.0, cfg_scale=0.0, remasking='low_confidence', suppress_eos=False,
+                 suppress_eot=False, defer_eos_eot=False)
+  out += [f'sample.{k}={getattr(sample, k)!r} (protocol {cfg.protocol}: {v!r})'
+          for k, v in wrapper.items() if getattr(sample, k, v) != v]
+  return out
 
 
 def _json_file(path: str, where: str) -> dict:
@@ -110,13 +228,18 @@ def _json_file(path: str, where: str) -> dict:
 
 
 def dataset_files(cfg: LongBenchConfig) -> dict[str, str]:
-  """Dataset name -> its local .jsonl file."""
+  """Dataset name -> its local .jsonl file (in data_dir, or in data_dir/data as the Hugging Face
+  copy and OpenCompass' data folder hold them)."""
   if not cfg.data_dir or not os.path.isdir(cfg.data_dir):
     raise ConfigError(f'config.longbench.data_dir={cfg.data_dir!r} is not a folder; unpack '
                       "LongBench's data.zip and point it at the folder of .jsonl files.")
   suffix = '_e' if cfg.longbench_e else ''
   names = cfg.datasets or tuple(METRIC)
-  files = {d: os.path.join(cfg.data_dir, f'{d}{suffix}.jsonl') for d in names}
+  files = {}
+  for d in names:
+    flat = os.path.join(cfg.data_dir, f'{d}{suffix}.jsonl')
+    nested = os.path.join(cfg.data_dir, 'data', f'{d}{suffix}.jsonl')
+    files[d] = nested if not os.path.exists(flat) and os.path.exists(nested) else flat
   missing = [d for d, p in files.items() if not os.path.exists(p)]
   if cfg.datasets and missing:
     raise ConfigError(f'{files[missing[0]]} does not exist; put the file there or drop '
@@ -124,17 +247,66 @@ def dataset_files(cfg: LongBenchConfig) -> dict[str, str]:
   files = {d: p for d, p in files.items() if d not in missing}
   if not files:
     raise ConfigError(f'{cfg.data_dir} holds no LongBench file (<dataset>{suffix}.jsonl).')
+  if missing:
+    logging.warning('LongBench: %s has no file for %s; those are left out of the averages.',
+                    cfg.data_dir, ', '.join(missing))
   return files
 
 
-def read_samples(path: str, limit: int) -> list[dict]:
+def required_keys(dataset: str, template: str) -> tuple[str, ...]:
+  """The record fields a dataset's prompt and score read."""
+  keys = ('input', 'context') if '{input}' in template else ('context',)
+  return keys + ('answers',) + (('all_classes',) if dataset in OC_LABELS else ())
+
+
+def _check_record(record, keys, dataset: str, where: str) -> None:
+  if not isinstance(record, dict):
+    raise ConfigError(f'{where} is not a JSON object; a LongBench record is one per line.')
+  for key in keys:
+    if key not in record:
+      raise ConfigError(f'{where} has no {key!r}; a {dataset} record needs {", ".join(keys)}.')
+  answers = record['answers']
+  if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+    raise ConfigError(f'{where}: "answers" must be a list of strings.')
+  if 'all_classes' in keys and not (isinstance(record['all_classes'], list)
+                                    and all(isinstance(c, str) for c in record['all_classes'])):
+    raise ConfigError(f'{where}: "all_classes" must be a list of strings for {dataset}.')
+  if METRIC[dataset].startswith('retrieval'):
+    pattern = metrics.RETRIEVAL_PATTERN['zh' if dataset.endswith('_zh') else 'en']
+    for answer in answers:
+      if not re.search(pattern, answer):
+        raise ConfigError(f'{where}: the answer {answer!r} names no paragraph ({pattern}), '
+                          "which LongBench's retrieval score needs.")
+
+
+def read_samples(path: str, limit: int = 0, dataset: str | None = None,
+                 keys: tuple[str, ...] = ()) -> list[dict]:
+  """The records of a LongBench .jsonl file (blank lines skipped); a malformed line, or one
+  without `keys`, is refused naming the file and line."""
   out = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
-        out.append(json.loads(line))
-        if limit and len(out) >= limit:
-          break
+  with open(path, 'rb') as f:
+    for number, raw in enumerate(f, 1):
+      where = f'{path} line {number}'
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ConfigError(f'{where} is not UTF-8 ({e.reason} at byte {e.start}); fix or delete '
+                          'that line.') from None
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ConfigError(f'{where} is not JSON ({e.msg}, column {e.colno}); fix or delete '
+                          'that line.') from None
+      if dataset is not None:
+        _check_record(record, keys, dataset, where)
+      out.append(record)
+      if limit and len(out) >= limit:
+        break
+  if not out:
+    raise ConfigError(f'{path} holds no records; give a LongBench .jsonl file or leave the '
+                      'dataset out of config.longbench.datasets.')
   return out
 
 
@@ -150,7 +322,11 @@ def truncate_middle(prompt: str, tok, max_length: int) -> str:
 
 def build_prompt(dataset: str, sample: dict, template: str, tok, cfg: LongBenchConfig) -> str:
   prompt = template.format(**{k: v for k, v in sample.items() if isinstance(v, str)})
-  prompt = truncate_middle(prompt, tok, cfg.max_length)
+  prompt = truncate_middle(prompt, tok, cfg.prompt_length)
+  return with_chat_template(dataset, prompt, cfg)
+
+
+def with_chat_template(dataset: str, prompt: str, cfg: LongBenchConfig) -> str:
   if cfg.chat_template and dataset not in NO_CHAT:
     # The BOS the generator adds stands for the template's; the rest is the template's text.
     prompt = tokenizers.chat_template([{'role': 'user', 'content': prompt}], bos_token='')
@@ -165,14 +341,20 @@ def postprocess(dataset: str, prediction: str) -> str:
   return prediction
 
 
-def score(dataset: str, prediction: str, sample: dict) -> float:
+def score(dataset: str, prediction: str, sample: dict, code_sim: str = 'levenshtein') -> float:
   return metrics.best_over_answers(METRIC[dataset], postprocess(dataset, prediction),
-                                   sample['answers'], all_classes=sample.get('all_classes') or ())
+                                   sample['answers'], all_classes=sample.get('all_classes') or (),
+                                   backend=code_sim)
 
 
 def bucket_of(length) -> str:
   length = int(length or 0)
   return '0-4k' if length < 4000 else ('4-8k' if length < 8000 else '8k+')
+
+
+def _buckets(mine: list[dict]) -> dict:
+  return {b: round(100 * runner.mean(r['score'] for r in mine if bucket_of(r['length']) == b), 2)
+          for b in ('0-4k', '4-8k', '8k+')}
 
 
 def summarise(rows: list[dict], datasets: list[str], longbench_e: bool) -> dict:
@@ -181,9 +363,7 @@ def summarise(rows: list[dict], datasets: list[str], longbench_e: bool) -> dict:
     mine = [r for r in rows if r['dataset'] == d]
     per[d] = {'score': round(100 * runner.mean(r['score'] for r in mine), 2), 'n': len(mine)}
     if longbench_e:
-      per[d]['buckets'] = {b: round(100 * runner.mean(r['score'] for r in mine
-                                                        if bucket_of(r['length']) == b), 2)
-                           for b in ('0-4k', '4-8k', '8k+')}
+      per[d]['buckets'] = _buckets(mine)
   groups = {g: runner.mean(per[d]['score'] for d in members if d in per)
             for g, members in GROUPS.items() if any(d in per for d in members)}
   total = sum(v['n'] for v in per.values())
@@ -192,43 +372,174 @@ def summarise(rows: list[dict], datasets: list[str], longbench_e: bool) -> dict:
           'weighted_avg': sum(v['score'] * v['n'] for v in per.values()) / max(total, 1)}
 
 
+# ---------------------------------------------------------------------------------------------
+# The papers' protocol
+
+
+def oc_entry(dataset: str, sample: dict) -> list[tuple[str, str]]:
+  """The fields OpenCompass' loader keeps, in its order, then the output column (as '')."""
+  fields = ('context',) if dataset in OC_CONTEXT_ONLY else ('input', 'context')
+  output = 'all_labels' if dataset in OC_LABELS else 'answers'
+  return [(k, str(sample[k])) for k in fields] + [(output, '')]
+
+
+def oc_prompt(dataset: str, sample: dict, template: str) -> str:
+  """The prompt OpenCompass builds: each '{field}' replaced in the loader's field order (its
+  safe_format), so placeholders inside a field are filled by the fields replaced after it."""
+  for key, value in oc_entry(dataset, sample):
+    template = template.replace('{' + key + '}', value)
+  return template
+
+
+def drop_middle(ids, max_length: int) -> list[int]:
+  """The wrapper's drop_middle on token ids: ids[:m // 2] + ids[-m // 2:] when there are more
+  than m. Python reads -m // 2 as (-m) // 2, so an odd m keeps its extra token at the end and
+  exactly m tokens remain."""
+  ids = list(ids)
+  if len(ids) <= max_length:
+    return ids
+  return ids[:max_length // 2] + ids[-max_length // 2:]
+
+
+def prompt_ids(generator, tok, generation: protocols.Generation, text: str) -> list[int]:
+  """The prompt's token ids as the model would receive them before truncation."""
+  if isinstance(generator, runner.ModelGenerator):
+    return generator.prompt_ids(text)
+  return tok.encode(text, add_special_tokens=generation.prompt_tokens == 'tokenizer')
+
+
+def oc_postprocess(dataset: str, prediction: str) -> str:
+  """trec_postprocess, triviaqa_postprocess, samsum_postprocess, lsht_postprocess: the first line
+  after leading newlines; the other datasets score the output as it is."""
+  if dataset in OC_FIRST_LINE:
+    prediction = prediction.lstrip('\n').split('\n')[0]
+  return prediction
+
+
+def oc_score(dataset: str, prediction: str, sample: dict, code_sim: str = 'levenshtein') -> float:
+  """What the dataset's OpenCompass evaluator adds for this sample (sum / n x 100 is the score)."""
+  pred, answers = oc_postprocess(dataset, prediction), sample['answers']
+  metric = METRIC[dataset]
+  language = 'zh' if metric.endswith('_zh') else 'en'
+  if metric.startswith('qa_f1'):
+    return metrics.oc_f1_score(pred, answers, language)
+  if metric.startswith('rouge'):
+    return metrics.oc_rouge_score(pred, answers, language)
+  if metric == 'classification':
+    return metrics.oc_classification_score(pred, answers, sample['all_classes'])
+  if metric.startswith('retrieval'):
+    return metrics.oc_retrieval_score(pred, answers, language)
+  if metric == 'count':
+    return metrics.oc_count_score(pred, answers)
+  return metrics.oc_code_sim_score(pred, answers, code_sim)
+
+
+def _mean_if_complete(values: dict, members) -> float | None:
+  return runner.mean(values[m] for m in members) if all(m in values for m in members) else None
+
+
+def summarise_papers(rows: list[dict], datasets: list[str], longbench_e: bool,
+                     protocol: str) -> dict:
+  """Dataset scores as OpenCompass' evaluators total them (sum / n x 100); category means and
+  OpenCompass' en / zh groups only when all their datasets ran (as its summarizer)."""
+  per = {}
+  for d in datasets:
+    mine = [r for r in rows if r['dataset'] == d]
+    total = 0.0
+    for r in mine:
+      total += r['score']
+    per[d] = {'score': total / len(mine) * 100, 'n': len(mine)}
+    if longbench_e:
+      per[d]['buckets'] = _buckets(mine)
+  scores = {d: v['score'] for d, v in per.items()}
+  groups = {g: _mean_if_complete(scores, members) for g, members in GROUPS.items()}
+  groups = {g: v for g, v in groups.items() if v is not None}
+  n = sum(v['n'] for v in per.values())
+  averages = {
+      'categories': _mean_if_complete(groups, GROUPS),
+      'datasets': runner.mean(scores.values()),
+      'questions': sum(v['score'] * v['n'] for v in per.values()) / n,
+      'en': _mean_if_complete(scores, EN),
+      'zh': _mean_if_complete(scores, ZH),
+  }
+  return {'datasets': per, 'groups': groups,
+          'table': {LABELS[g]: v for g, v in groups.items()},
+          'averages': averages, 'paper_avg': averages[PAPER_AVERAGE[protocol]],
+          'avg': averages['datasets'], 'weighted_avg': averages['questions']}
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
 def run(config, generator: runner.Generator | None = None) -> dict:
   """The eval_longbench job; `generator` replaces the model (tests). With config.eval.oracle
-  every prompt is answered with its first gold answer, which must score 100 on every metric."""
+  every prompt is answered with its first gold answer, which scores 100 on every metric where
+  the metric gives its own reference full marks."""
   cfg = from_section(LongBenchConfig, config.get('longbench'), 'config.longbench')
   ecfg = runner.eval_config(config)
   paths = runner.output_paths(config, ecfg, 'longbench')
   files = dataset_files(cfg)
-  templates = dict(PROMPTS, **(_json_file(cfg.prompts, 'config.longbench.prompts')
-                               if cfg.prompts else {}))
-  budgets = dict(MAX_NEW_TOKENS, **(_json_file(cfg.max_new_tokens,
-                                               'config.longbench.max_new_tokens')
-                                    if cfg.max_new_tokens else {}))
-  gold: dict[str, str] = {}
-  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.lookup(gold))
-  samples = {d: read_samples(p, cfg.limit) for d, p in files.items()}
+  templates = dict(OC_PROMPTS if cfg.papers else PROMPTS,
+                   **(_json_file(cfg.prompts, 'config.longbench.prompts') if cfg.prompts else {}))
+  budgets = dict(OC_MAX_OUT_LEN if cfg.papers else MAX_NEW_TOKENS,
+                 **(_json_file(cfg.max_new_tokens, 'config.longbench.max_new_tokens')
+                    if cfg.max_new_tokens else {}))
+  samples = {d: read_samples(p, cfg.limit, d, required_keys(d, templates[d]))
+             for d, p in files.items()}
   datasets = list(files)
+  gold: dict[str, str] = {}
+  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.lookup(gold),
+                                      protocol=cfg.protocol)
+  generation = runner.generation_of(info)
+  bench_deviations = deviations(cfg, sampler.from_config(config))
+  if bench_deviations:
+    logging.warning('LongBench protocol %s, with deviations: %s', cfg.protocol,
+                    '; '.join(bench_deviations))
 
   def decode(dataset):
-    return runner.sampler_settings(config, **runner.decode_settings(
+    return runner.sampler_settings(config, generation, **runner.decode_settings(
         budgets[dataset], cfg.block_length, cfg.steps, 'config.longbench'))
 
-  settings = dict(info, data_dir=os.path.abspath(cfg.data_dir), max_length=cfg.max_length,
+  settings = dict(info, deviations=info['deviations'] + bench_deviations,
+                  data_dir=os.path.abspath(cfg.data_dir), max_length=cfg.prompt_length,
                   chat_template=cfg.chat_template, longbench_e=cfg.longbench_e,
-                  prompts=cfg.prompts or 'built-in', max_new_tokens=cfg.max_new_tokens or 'built-in',
+                  code_sim=cfg.code_sim, prompts=cfg.prompts or 'built-in',
+                  max_new_tokens=cfg.max_new_tokens or 'built-in',
+                  missing=[d for d in (cfg.datasets or METRIC) if d not in files],
                   sampler={d: dataclasses.asdict(decode(d)) for d in datasets})
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
   cells = [dict(dataset=d, index=i) for d in datasets for i in range(len(samples[d]))]
 
-  def compute(batch):
-    dataset = batch[0]['dataset']
-    chosen = [samples[dataset][c['index']] for c in batch]
+  def compute_lladax(dataset, chosen, seed):
     prompts = [build_prompt(dataset, s, templates[dataset], tok, cfg) for s in chosen]
     if ecfg.oracle:
       gold.update({p: (s['answers'] or [''])[0] for p, s in zip(prompts, chosen)})
-    preds = generator.generate(prompts, decode(dataset), seed=batch[0]['index'])
-    return [dict(prediction=p, score=score(dataset, p, s), length=s.get('length'),
-                 id=s.get('_id')) for p, s in zip(preds, chosen)]
+    preds = generator.generate(prompts, decode(dataset), seed=seed)
+    return [dict(prediction=p, score=score(dataset, p, s, cfg.code_sim)) for p, s in
+            zip(preds, chosen)]
+
+  def compute_papers(dataset, chosen, seed):
+    texts = [with_chat_template(dataset, oc_prompt(dataset, s, templates[dataset]), cfg)
+             for s in chosen]
+    full = [prompt_ids(generator, tok, generation, t) for t in texts]
+    kept = [drop_middle(ids, cfg.prompt_length) for ids in full]
+    if hasattr(generator, 'generate_ids'):
+      preds = generator.generate_ids(kept, decode(dataset), seed=seed)
+    else:  # an oracle or a text-only generator: the kept ids as text
+      shown = [tok.decode(ids) for ids in kept]
+      if ecfg.oracle:
+        gold.update({t: (s['answers'] or [''])[0] for t, s in zip(shown, chosen)})
+      preds = generator.generate(shown, decode(dataset), seed=seed)
+    return [dict(prediction=p, score=oc_score(dataset, p, s, cfg.code_sim),
+                 prompt_tokens=len(f), kept_tokens=len(k))
+            for p, s, f, k in zip(preds, chosen, full, kept)]
+
+  def compute(batch):
+    dataset = batch[0]['dataset']
+    chosen = [samples[dataset][c['index']] for c in batch]
+    out = (compute_papers if cfg.papers else compute_lladax)(dataset, chosen, batch[0]['index'])
+    return [dict(r, length=s.get('length'), id=s.get('_id')) for r, s in zip(out, chosen)]
 
   try:
     runner.run_cells(cells, store, compute, ecfg.batch_size, 'longbench',
@@ -236,14 +547,24 @@ def run(config, generator: runner.Generator | None = None) -> dict:
   finally:
     store.close()
   rows = [dict(c, **store.get(c)) for c in cells]
-  summary = summarise(rows, datasets, cfg.longbench_e)
+  summary = (summarise_papers(rows, datasets, cfg.longbench_e, cfg.protocol) if cfg.papers
+             else summarise(rows, datasets, cfg.longbench_e))
   result = dict(job='eval_longbench', **settings, **summary, cells=rows)
   runner.write_json(paths['json'], result)
   runner.write_csv(paths['csv'], [dict(dataset=d, metric=METRIC[d], n=v['n'], score=v['score'])
                                   for d, v in summary['datasets'].items()])
-  for d, v in summary['datasets'].items():
-    print(f'LongBench {d:22s} {METRIC[d]:14s} {v["score"]:6.2f}  (n={v["n"]})')
-  print(f'LongBench avg {summary["avg"]:.2f}  weighted {summary["weighted_avg"]:.2f}  groups '
-        + '  '.join(f'{g}: {s:.2f}' for g, s in summary['groups'].items()))
+  _print(cfg, summary)
   logging.info('LongBench results in %s', paths['json'])
   return result
+
+
+def _print(cfg: LongBenchConfig, summary: dict) -> None:
+  for d, v in summary['datasets'].items():
+    print(f'LongBench {d:22s} {METRIC[d]:14s} {v["score"]:6.2f}  (n={v["n"]})')
+  if cfg.papers:
+    shown = {k: v for k, v in summary['averages'].items() if v is not None}
+    print('LongBench ' + '  '.join(f'{k} {v:.2f}' for k, v in summary['table'].items())
+          + '  |  averages: ' + '  '.join(f'{k} {v:.2f}' for k, v in shown.items()))
+    return
+  print(f'LongBench avg {summary["avg"]:.2f}  weighted {summary["weighted_avg"]:.2f}  groups '
+        + '  '.join(f'{g}: {s:.2f}' for g, s in summary['groups'].items()))

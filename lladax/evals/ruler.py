@@ -1,47 +1,81 @@
-"""RULER at any context length: tasks generated here (ruler_tasks.py), scored by string match.
+"""RULER at any context length, under three protocols (config.ruler.protocol).
 
-Per task and length, `samples` prompts are generated whose token count (in the model's tokenizer,
-or config.ruler.count_tokenizer) is as close to length - the task's RULER output budget as the
-haystack's unit allows; the model completes the answer prefix. Scores: string_match_all (share of
-references found, case-insensitive) for NIAH, VT, CWE, FWE and string_match_part (any reference)
-for QA, x 100. Groups as the papers report them: NIAH (the 8 niah tasks), VT, AGG (cwe, fwe),
-QA (qa_1, qa_2), and Avg over all tasks run (every task has the same number of samples, so this is
-the question-weighted mean). Outputs: ruler_results.json, ruler_results.csv (task x length),
-ruler.png (group scores against length) and ruler_cells.jsonl (finished samples, for resuming).
+- 'longllada' (default) and 'ultrallada': the papers' RULER, as OpenCompass 0.4.2 builds it
+  (ruler_opencompass.py, draw for draw): lengths counted in cl100k_base (a local
+  cl100k_base.tiktoken file, config.ruler.count_tokenizer), NIAH haystacks from
+  PaulGrahamEssays.jsonl (config.ruler.essay), words from the wonderwords package, 100 samples per
+  task and length, the evaluators' scores rounded to 2 decimals. LongLLaDA ran 4K, 8K and 16K
+  with the answer (BOT) turn commented out of the prompt template (the prompt is the dataset's
+  prompt as is); UltraLLaDA ran 4K-32K (48K in its appendix) with OpenCompass' template as
+  shipped, whose answer turn ends the prompt with '\\n\\n'. Both decode 64 tokens (the model's
+  max_out_len; RULER's inferencer sets none), block 64, 64 steps.
+- 'lladax': this project's own reading of RULER (ruler_tasks.py): lengths in the model's tokens
+  (or count_tokenizer), numpy draws, built-in words topped up with made-up ones, a haystack size
+  found by bisection per sample, RULER's postprocessing before matching. Not the papers' numbers.
+
+Scores per task and length; groups as the papers report them: NIAH (the 8 niah tasks), VT, AGG
+(cwe, fwe), QA (qa_1 = SQuAD, qa_2 = HotpotQA), each the mean of its tasks, and the average over
+all 13 tasks ('avg': OpenCompass' ruler_<len> summary group, the papers' Avg, which weighs each
+group by its number of tasks). QA needs its data files; a run without them says so, and its
+average is named for the tasks it ran ('avg_11_tasks'), never 'avg'. Outputs:
+ruler_results.json, ruler_results.csv (task x length), ruler.png (group scores against length)
+and ruler_cells.jsonl (finished samples, for resuming).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from lladax.config import ConfigError, choice, from_section
-from lladax.evals import haystack, metrics, oracles, plots, runner, ruler_tasks
+from lladax.evals import haystack, metrics, oracles, plots, protocols, runner, ruler_tasks
+from lladax.evals import ruler_opencompass as oc
 
 SCORERS = {'all': metrics.string_match_all, 'part': metrics.string_match_part}
+# Context lengths of each protocol's grid (OpenCompass' ruler_<k>k_gen.py: 1024 * k tokens).
+LENGTHS = {'longllada': (4096, 8192, 16384), 'ultrallada': (4096, 8192, 16384, 32768),
+           'lladax': (4096, 8192, 16384)}
+APPENDIX_LENGTHS = {'ultrallada': (49152,)}
+ANSWER_TURNS = ('absent', 'present')
+ANSWER_TURN = {'longllada': 'absent', 'ultrallada': 'present'}
+# What the prompt template's answer turn adds: OpenCompass flattens HUMAN '{prompt}' then BOT
+# '{answer}\n' (the answer replaced by '') into prompt + '\n' + '\n'.
+TURN_SUFFIX = {'absent': '', 'present': '\n\n'}
+# The name the papers' configs give the length tokenizer (one encoding, cl100k_base).
+TOKENIZER_MODEL = {'longllada': 'gpt-4', 'ultrallada': 'cl100k_base'}
+PAPER_SAMPLES, PAPER_SEED, PAPER_DECODE = 100, 42, (64, 64, 64)
 
 
 @dataclasses.dataclass(frozen=True)
 class RulerConfig:
   """`config.ruler`."""
-  tasks: tuple[str, ...] = ()     # () = the 11 tasks that need no data, plus qa_1 / qa_2 when
-                                  # their files are set
-  lengths: tuple[int, ...] = (4096, 8192, 16384)   # LongLLaDA's; UltraLLaDA ran 4K-32K (+48K)
+  protocol: str = 'longllada'     # longllada | ultrallada (the papers' RULER, as OpenCompass
+                                  # 0.4.2 builds it) | lladax (this project's own reading)
+  tasks: tuple[str, ...] = ()     # () = all 13; qa_1 / qa_2 only when their files are set (a run
+                                  # without them names its average for the tasks it ran)
+  lengths: tuple[int, ...] = ()   # () = the protocol's: LongLLaDA 4K/8K/16K, UltraLLaDA 4K-32K
+                                  # (its appendix adds 49152), lladax 4K/8K/16K
   samples: int = 100              # per task and length (OpenCompass' 100; RULER's own 500)
-  essay: str = ''                 # glob(s) of local prose for the essay haystack (RULER uses
-                                  # Paul Graham's essays); '' = generated prose
+  essay: str = ''                 # papers: PaulGrahamEssays.jsonl (JSON lines with "text");
+                                  # lladax: glob(s) of local prose, '' = generated prose
   squad: str = ''                 # SQuAD v2 dev JSON for qa_1
   hotpotqa: str = ''              # HotpotQA dev (distractor) JSON for qa_2
-  words: str = ''                 # word list for cwe (RULER's english_words.json, or one word
-                                  # per line); '' = built-in words topped up with made-up ones
-  count_tokenizer: str = ''       # count lengths in this local tokenizer file (.tiktoken,
-                                  # .model, tokenizer.json); '' = the model's tokens
-  gen_length: int = 64            # tokens decoded (LongLLaDA: 64, block 64, steps 64); 0 = each
-                                  # task's RULER budget (niah 128, vt 30, cwe 120, fwe 50, qa 32)
+  words: str = ''                 # lladax only: word list for cwe ('' = built-in words topped up
+                                  # with made-up ones); the papers' come from wonderwords
+  count_tokenizer: str = ''       # count lengths in this local tokenizer file. Papers: required,
+                                  # cl100k_base.tiktoken; lladax: .tiktoken, .model or
+                                  # tokenizer.json, '' = the model's tokens
+  answer_turn: str = ''           # papers: '' = the protocol's (longllada absent, ultrallada
+                                  # present: the prompt ends '\n\n'); absent | present
+  gen_length: int = 64            # tokens decoded (both papers: 64, block 64, steps 64); 0 = each
+                                  # task's output budget (papers: niah 128, vt 30, cwe 120,
+                                  # fwe 50, qa 50; lladax: RULER's, qa 32)
   block_length: int = 64
   steps: int = 64                 # capped at the (rounded) generation length
-  seed: int = 42
+  seed: int = 42                  # the datasets' random_seed (OpenCompass: 42)
 
   def __post_init__(self):
+    protocols.check(self.protocol, 'config.ruler.protocol')
     for t in self.tasks:
       choice(t, tuple(ruler_tasks.TASKS), 'config.ruler.tasks')
     if 'qa_1' in self.tasks and not self.squad:
@@ -50,14 +84,37 @@ class RulerConfig:
     if 'qa_2' in self.tasks and not self.hotpotqa:
       raise ConfigError('config.ruler.tasks has qa_2 but config.ruler.hotpotqa is empty; give '
                         'the HotpotQA dev JSON file or drop qa_2.')
-    if not self.lengths or self.samples <= 0:
-      raise ConfigError('config.ruler.lengths must be non-empty and samples positive.')
+    if self.samples <= 0 or any(int(l) <= 0 for l in self.lengths):
+      raise ConfigError('config.ruler.lengths must be positive and samples positive.')
+    if self.answer_turn:
+      choice(self.answer_turn, ANSWER_TURNS, 'config.ruler.answer_turn')
+    if self.protocol != 'lladax' and self.words:
+      raise ConfigError(f'config.ruler.words is for protocol lladax; protocol {self.protocol} '
+                        'draws its words from the wonderwords package, so leave it "".')
+
+  def grid(self) -> list[int]:
+    return sorted(int(l) for l in (self.lengths or LENGTHS[self.protocol]))
+
+  def not_run(self) -> dict[str, str]:
+    """The QA tasks left out of the default task list, with the reason."""
+    if self.tasks:
+      return {}
+    return {t: f'config.ruler.{name} is empty' for t, name in (('qa_1', 'squad'),
+                                                               ('qa_2', 'hotpotqa'))
+            if not getattr(self, name)}
 
   def task_list(self) -> list[str]:
     if self.tasks:
       return list(self.tasks)
-    return (list(ruler_tasks.NO_DATA_TASKS) + (['qa_1'] if self.squad else [])
-            + (['qa_2'] if self.hotpotqa else []))
+    return [t for t in ruler_tasks.TASKS if t not in self.not_run()]
+
+
+def average_name(tasks) -> str:
+  return 'avg' if len(tasks) == len(ruler_tasks.TASKS) else f'avg_{len(tasks)}_tasks'
+
+
+# ---------------------------------------------------------------------------------------------
+# protocol lladax
 
 
 def resources(cfg: RulerConfig) -> tuple[ruler_tasks.Resources, dict]:
@@ -69,7 +126,7 @@ def resources(cfg: RulerConfig) -> tuple[ruler_tasks.Resources, dict]:
       haystack.warn_generated('config.ruler.essay')
     docs, essay = haystack.generated_documents(cfg.seed), 'generated'
   user_words = ruler_tasks.read_words(cfg.words) if cfg.words else None
-  pool = ruler_tasks.word_pool(user_words, ruler_tasks.needed_pool(max(cfg.lengths)), cfg.seed)
+  pool = ruler_tasks.word_pool(user_words, ruler_tasks.needed_pool(max(cfg.grid())), cfg.seed)
   qa = {}
   for name, path, read in (('squad', cfg.squad, ruler_tasks.read_squad),
                            ('hotpotqa', cfg.hotpotqa, ruler_tasks.read_hotpotqa)):
@@ -116,28 +173,29 @@ def summarise(tasks: list[str], lengths: list[int], rows: list[dict]) -> dict:
     present = [t for t in members if t in tasks]
     if present:
       groups[name] = {str(l): runner.mean(scores[t][str(l)] for t in present) for l in lengths}
-  groups['avg'] = {str(l): runner.mean(scores[t][str(l)] for t in tasks) for l in lengths}
+  groups[average_name(tasks)] = {str(l): runner.mean(scores[t][str(l)] for t in tasks)
+                                 for l in lengths}
   return {'scores': scores, 'groups': groups,
           'overall': {g: runner.mean(v.values()) for g, v in groups.items()}}
 
 
-def run(config, generator: runner.Generator | None = None) -> dict:
-  """The eval_ruler job; `generator` replaces the model (tests, oracles)."""
-  cfg = from_section(RulerConfig, config.get('ruler'), 'config.ruler')
+def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> dict:
   ecfg = runner.eval_config(config)
   paths = runner.output_paths(config, ecfg, 'ruler')
   res, sources = resources(cfg)
   qa_answers = {}
   for data in res.qa.values():
     qa_answers.update(data.answers_by_question())
-  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.ruler(qa_answers))
+  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.ruler(qa_answers),
+                                      protocol='lladax')
+  generation = runner.generation_of(info)
   counter, counted_in = haystack.counting_tokenizer(cfg.count_tokenizer, tok,
                                                     'config.ruler.count_tokenizer')
-  tasks, lengths = cfg.task_list(), sorted(int(l) for l in cfg.lengths)
+  tasks, lengths = cfg.task_list(), cfg.grid()
 
   def decode(task):
     budget = ruler_tasks.BUDGET[ruler_tasks.TASKS[task][0]]
-    return runner.sampler_settings(config, **runner.decode_settings(
+    return runner.sampler_settings(config, generation, **runner.decode_settings(
         cfg.gen_length or budget, cfg.block_length, cfg.steps, 'config.ruler'))
 
   settings = dict(info, **sources, counted_in=counted_in, seed=cfg.seed,
@@ -169,16 +227,174 @@ def run(config, generator: runner.Generator | None = None) -> dict:
     store.close()
   rows = [dict(c, **store.get(c)) for c in cells]
   summary = summarise(tasks, lengths, rows)
-  result = dict(job='eval_ruler', **settings, tasks=tasks, lengths=lengths, samples=cfg.samples,
-                **summary, cells=rows)
+  return finish(paths, dict(job='eval_ruler', **settings, tasks=tasks, lengths=lengths,
+                            samples=cfg.samples, not_run=cfg.not_run(), **summary, cells=rows),
+                info)
+
+
+# ---------------------------------------------------------------------------------------------
+# protocols longllada / ultrallada
+
+
+def cl100k_counter(cfg: RulerConfig) -> tuple[oc.Counter, str]:
+  """The length tokenizer of the papers: a local cl100k_base.tiktoken file, counted with
+  tiktoken's `encode` as OpenCompass counts."""
+  path = cfg.count_tokenizer
+  if not path or not path.endswith('.tiktoken'):
+    raise ConfigError(f'config.ruler.count_tokenizer={path!r}: protocol {cfg.protocol} counts '
+                      'RULER lengths in cl100k_base, so give a local cl100k_base.tiktoken file.')
+  tok, _ = haystack.counting_tokenizer(path, None, 'config.ruler.count_tokenizer')
+  return oc.Counter(tok.encode_refusing_special), os.path.basename(path).split('.')[0]
+
+
+def material(cfg: RulerConfig, tasks: list[str]) -> oc.Material:
+  essay = None
+  if any(t in oc.ESSAY_TASKS for t in tasks):
+    if not cfg.essay:
+      raise ConfigError(f'config.ruler.essay is empty; protocol {cfg.protocol} hides the needles '
+                        'of niah_single_2/3, multikey_1, multivalue and multiquery in Paul '
+                        'Graham\'s essays: give PaulGrahamEssays.jsonl or leave those tasks out.')
+    essay = oc.read_essay(cfg.essay)
+  qa = {name: oc.read_qa(name, getattr(cfg, name)) for t, name in oc.DATA_TASKS.items()
+        if t in tasks}
+  return oc.Material(oc.wonderwords_lists(), essay, qa)
+
+
+def paper_deviations(cfg: RulerConfig, lengths, encoding_name: str, words_version: str,
+                     turn: str) -> list[str]:
+  """The settings of this run that differ from what the protocol's paper ran."""
+  p, out = cfg.protocol, []
+  grid = LENGTHS[p] + APPENDIX_LENGTHS.get(p, ())
+  if any(l not in grid for l in lengths):
+    out.append(f'lengths={tuple(lengths)} (protocol {p}: {LENGTHS[p]})')
+  if cfg.samples != PAPER_SAMPLES:
+    out.append(f'samples={cfg.samples} (protocol {p}: {PAPER_SAMPLES})')
+  if cfg.seed != PAPER_SEED:
+    out.append(f'seed={cfg.seed} (protocol {p}: {PAPER_SEED})')
+  if (cfg.gen_length, cfg.block_length, cfg.steps) != PAPER_DECODE:
+    out.append(f'gen_length, block_length, steps={cfg.gen_length}, {cfg.block_length}, '
+               f'{cfg.steps} (protocol {p}: 64, 64, 64)')
+  if turn != ANSWER_TURN[p]:
+    out.append(f'answer_turn={turn} (protocol {p}: {ANSWER_TURN[p]})')
+  if encoding_name != 'cl100k_base':
+    out.append(f'count_tokenizer={cfg.count_tokenizer} (protocol {p}: cl100k_base)')
+  if words_version != oc.WONDERWORDS_VERSION:
+    out.append(f'wonderwords {words_version} (protocol {p}: {oc.WONDERWORDS_VERSION}, whose noun '
+               'list the papers drew from)')
+  return out
+
+
+class PaperSamples:
+  """The samples of the (task, length) being run, drawn whole (each depends on those before)."""
+
+  def __init__(self, cfg: RulerConfig, counter: oc.Counter, mat: oc.Material):
+    self.cfg, self.counter, self.mat = cfg, counter, mat
+    self._key, self._samples = None, []
+
+  def get(self, task: str, length: int) -> list[tuple[str, list[str]]]:
+    if self._key != (task, length):
+      self._samples = []  # one (task, length) in memory at a time
+      self._samples = oc.samples(task, length, self.cfg.samples, self.cfg.seed, self.counter,
+                                 self.mat)
+      self._key = (task, length)
+      if not all(answers for _, answers in self._samples):
+        # OpenCompass makes such samples (e.g. cwe when not even 10 words fit) and then fails
+        # dividing by their zero answers when scoring.
+        raise ConfigError(f'RULER {task} at {length}: the length leaves room for no answer in a '
+                          'sample, which OpenCompass cannot score; use a longer length.')
+    return self._samples
+
+
+def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> dict:
+  ecfg = runner.eval_config(config)
+  paths = runner.output_paths(config, ecfg, 'ruler')
+  tasks, lengths, not_run = cfg.task_list(), cfg.grid(), cfg.not_run()
+  counter, encoding_name = cl100k_counter(cfg)
+  mat = material(cfg, tasks)
+  qa_prompts: dict[str, list[str]] = {}
+  generator, _, info = runner.setup(config, ecfg, generator,
+                                    lambda: oracles.Oracle(oc.solver(qa_prompts)),
+                                    protocol=cfg.protocol)
+  generation = runner.generation_of(info)
+  turn = cfg.answer_turn or ANSWER_TURN[cfg.protocol]
+  suffix = TURN_SUFFIX[turn]
+
+  def decode(task):
+    gen = cfg.gen_length or oc.TOKENS_TO_GENERATE[oc.TASKS[task][0]]
+    return runner.sampler_settings(config, generation, **runner.decode_settings(
+        gen, cfg.block_length, cfg.steps, 'config.ruler'))
+
+  deviations = list(info['deviations']) + paper_deviations(cfg, lengths, encoding_name,
+                                                           mat.words.version, turn)
+  for d in deviations[len(info['deviations']):]:
+    logging.warning('RULER protocol %s, with a deviation: %s', cfg.protocol, d)
+  settings = dict(info, deviations=deviations, essay=cfg.essay, squad=cfg.squad,
+                  hotpotqa=cfg.hotpotqa, count_tokenizer=cfg.count_tokenizer,
+                  tokenizer_model=TOKENIZER_MODEL[cfg.protocol], encoding=encoding_name,
+                  wonderwords=mat.words.version, answer_turn=turn, seed=cfg.seed,
+                  abbr={t: oc.TASKS[t][1]['abbr'] for t in tasks},
+                  sampler={t: dataclasses.asdict(decode(t)) for t in tasks})
+  store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
+  drawn = PaperSamples(cfg, counter, mat)
+  cells = [dict(task=t, length=l, sample=i) for l in lengths for t in tasks
+           for i in range(cfg.samples)]
+
+  def compute(batch):
+    task, length = batch[0]['task'], batch[0]['length']
+    chosen = [drawn.get(task, length)[c['sample']] for c in batch]
+    prompts = [text + suffix for text, _ in chosen]
+    if oc.TASKS[task][0] == 'qa':
+      qa_prompts.update({p: answers for p, (_, answers) in zip(prompts, chosen)})
+    preds = generator.generate(prompts, decode(task), seed=cfg.seed + batch[0]['sample'])
+    out = []
+    for (text, answers), pred in zip(chosen, preds):
+      m = oc.match(task, pred, answers)
+      out.append(dict(prediction=pred, answers=answers, prompt_tokens=counter(text), match=m,
+                      score=100 * m))
+    return out
+
+  try:
+    runner.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
+                     group=lambda c: (c['task'], c['length']))
+  finally:
+    store.close()
+  rows = [dict(c, **store.get(c)) for c in cells]
+  scores = {t: {str(l): oc.task_score([r['match'] for r in rows
+                                       if r['task'] == t and r['length'] == l])
+                for l in lengths} for t in tasks}
+  groups = oc.summarise(scores, lengths)
+  summary = {'scores': scores, 'groups': groups,
+             'overall': {g: runner.mean(v.values()) for g, v in groups.items()}}
+  return finish(paths, dict(job='eval_ruler', **settings, tasks=tasks, lengths=lengths,
+                            samples=cfg.samples, not_run=not_run, **summary, cells=rows), info)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def finish(paths: dict, result: dict, info: dict) -> dict:
+  """Writes the JSON, the CSV (task x length, then the groups) and the picture; prints groups."""
+  lengths, groups, scores = result['lengths'], result['groups'], result['scores']
   runner.write_json(paths['json'], result)
-  runner.write_csv(paths['csv'], [dict(task=t, **summary['scores'][t]) for t in tasks]
-                   + [dict(task=f'[{g}]', **v) for g, v in summary['groups'].items()])
+  runner.write_csv(paths['csv'], [dict(task=t, **scores[t]) for t in result['tasks']]
+                   + [dict(task=f'[{g}]', **v) for g, v in groups.items()])
   result['png'] = runner.try_plot(
-      plots.lines, {g: (lengths, [v[str(l)] for l in lengths])
-                    for g, v in summary['groups'].items()},
+      plots.lines, {g: (lengths, [v[str(l)] for l in lengths]) for g, v in groups.items()},
       paths['png'], 'context length (tokens)', 'score', f'RULER  {info.get("checkpoint")}')
-  for g, v in summary['groups'].items():
-    print(f'RULER {g:5s} ' + '  '.join(f'{l}: {s:.1f}' for l, s in v.items()))
+  for g, v in groups.items():
+    print(f'RULER {g:5s} ' + '  '.join(f'{l}: {s:.2f}' for l, s in v.items()))
+  if result['not_run']:
+    reasons = '; '.join(f'{t} ({why})' for t, why in result['not_run'].items())
+    print(f'RULER not run: {reasons}; the average is over {len(result["tasks"])} of '
+          f'{len(ruler_tasks.TASKS)} tasks, not the papers\' Avg.')
+    logging.warning('RULER not run: %s', reasons)
   logging.info('RULER results in %s', paths['json'])
   return result
+
+
+def run(config, generator: runner.Generator | None = None) -> dict:
+  """The eval_ruler job; `generator` replaces the model (tests, oracles)."""
+  cfg = from_section(RulerConfig, config.get('ruler'), 'config.ruler')
+  if cfg.protocol == 'lladax':
+    return run_lladax(config, cfg, generator)
+  return run_paper(config, cfg, generator)

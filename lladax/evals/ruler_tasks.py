@@ -1,4 +1,6 @@
-"""RULER's tasks (NVIDIA/RULER, synthetic.yaml), generated here for any length in any tokenizer.
+"""RULER's tasks (NVIDIA/RULER, synthetic.yaml), generated here for any length in any tokenizer:
+config.ruler.protocol='lladax', lladax's own reading. The papers' RULER (OpenCompass 0.4.2's,
+draw for draw) is ruler_opencompass.py.
 
 Written from RULER's task definitions: the same needles ("One of the special magic numbers for
 {key} is: {value}."), haystacks (noise / essay / needle), templates and answer prefixes, variable

@@ -1,6 +1,7 @@
 """Built-in vocabulary for generated text: keys of RULER-style needles, common-word lists and
 filler prose when no local corpus is given. Ordinary English words, written here so nothing is
-downloaded (RULER draws the same kind of words from the wonderwords package)."""
+downloaded (RULER draws the same kind of words from the wonderwords package). Used by lladax's
+own protocols; the papers' RULER reads wonderwords' own lists (ruler_opencompass.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -91,8 +91,9 @@ def needles(seed: int, count: int, digits: int) -> list[dict]:
 
 
 def niah_settings(lengths, length_buffer: int, **overrides) -> niah.NiahConfig:
-  """The NIAH settings shared by the training documents and the evaluation grid."""
-  return niah.NiahConfig(grid='custom', lengths=tuple(int(l) for l in lengths),
+  """The NIAH settings shared by the training documents and the evaluation grid: lladax's own
+  NIAH protocol, whose template, separator and alignment the key-value needles need."""
+  return niah.NiahConfig(protocol='lladax', grid='custom', lengths=tuple(int(l) for l in lengths),
                          length_buffer=length_buffer, template=TEMPLATE, separator=SEPARATOR,
                          align_to=ALIGN_TO, **overrides)
 

@@ -5,7 +5,10 @@
     git clone https://github.com/OpenMOSS/LongLLaDA /src/LongLLaDA
     git clone https://github.com/Relaxed-System-Lab/UltraLLaDA /src/UltraLLaDA
     git clone https://github.com/ML-GSAI/LLaDA /src/LLaDA
-    pip install -e '.[test]'        # tiktoken, wonderwords, rouge, jieba, fuzzywuzzy, torch
+    pip install -e '.[test]' python-Levenshtein scipy requests pandas
+    # (.[test]: tiktoken, wonderwords 2.2.0, rouge, jieba, fuzzywuzzy, torch, lm-eval; the other
+    # four are imported by the official code only: fuzzywuzzy's back end OpenCompass installs,
+    # RULER's fwe / qa files, NeedleBench's summarizer)
     python tests/golden/record.py --opencompass /src/opencompass --longllada /src/LongLLaDA \\
         --ultrallada /src/UltraLLaDA --llada /src/LLaDA [--only niah,ruler,longbench,sampler]
 
@@ -40,6 +43,11 @@ def source_commit(root: str) -> str:
                          text=True, check=True).stdout.strip()
     return f'{out} ({sha})'
   except (OSError, subprocess.CalledProcessError):
+    # An unpacked snapshot, not a checkout: its commit may be written beside it.
+    marker = os.path.join(root, '.fetched_commit')
+    if os.path.exists(marker):
+      with open(marker, encoding='utf-8') as f:
+        return f.read().strip()
     return 'unknown (not a git checkout)'
 
 
