@@ -12,16 +12,14 @@ import warnings
 
 import pytest
 
-from golden import longbench_inputs as inputs
+from golden import longbench_inputs as inputs, record
 from lladax import jobs, sampler
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import longbench, metrics, protocols, runner
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
-with open(os.path.join(os.path.dirname(__file__), 'golden', 'data', 'longbench.json'),
-          encoding='utf-8') as _f:
-  GOLDEN = json.load(_f)
+GOLDEN = record.load('longbench')
 RECORDS = inputs.records()
 
 
@@ -57,12 +55,12 @@ def test_the_prompt_details_the_issue_names():
 def test_dataset_scores_are_the_opencompass_evaluators(dataset):
   golden = GOLDEN['datasets'][dataset]
   rows, i = [], 0
-  for record in RECORDS[dataset]:
-    for prediction in inputs.predictions(dataset, record['answers']):
+  for sample in RECORDS[dataset]:
+    for prediction in inputs.predictions(dataset, sample['answers']):
       case = golden['cases'][i]
       assert case['prediction'] == prediction
       assert longbench.oc_postprocess(dataset, prediction) == case['postprocessed']
-      got = longbench.oc_score(dataset, prediction, record)
+      got = longbench.oc_score(dataset, prediction, sample)
       assert got * 100 == pytest.approx(case['score'], rel=1e-12, abs=1e-12), prediction
       rows.append(dict(dataset=dataset, score=got, length=0))
       i += 1

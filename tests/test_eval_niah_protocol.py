@@ -5,7 +5,6 @@ tests/golden/niah_inputs.py: prompts character for character, answers, scores an
 exactly, the grids as the official configs set them; then the eval_niah job end to end."""
 import hashlib
 import json
-import os
 import random
 
 import pytest
@@ -14,19 +13,17 @@ from lladax import jobs
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import niah, oracles, runner
-from golden import niah_inputs
+from golden import niah_inputs, record
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
 pytest.importorskip('tiktoken')
 
-GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'data', 'niah.json')
 PAPERS = ('longllada', 'ultrallada')
 
 
 @pytest.fixture(scope='module')
 def golden():
-  with open(GOLDEN, encoding='utf-8') as f:
-    return json.load(f)
+  return record.load('niah')
 
 
 @pytest.fixture(scope='module')

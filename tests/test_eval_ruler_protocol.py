@@ -4,20 +4,17 @@ files): every task's prompts character for character and answers at 1024 / 2048 
 the official code branches), the answer turn, the evaluators' scores, the grids, and the job end
 to end with its oracle, with and without the QA files."""
 import hashlib
-import json
-import os
 
 import pytest
 
 from golden import ruler_inputs
 from lladax import jobs
 from lladax.config import ConfigError
+from golden import record
 from lladax.evals import ruler, ruler_opencompass as oc
 from tests.test_eval_common import recipe
 
-GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'data', 'ruler.json')
-with open(GOLDEN, encoding='utf-8') as _f:
-  RECORD = json.load(_f)
+RECORD = record.load('ruler')
 CASES = [(task, name) for task, (_, spec) in oc.TASKS.items()
          for name in RECORD['tasks'][spec['abbr']]['cases']]
 

@@ -2,22 +2,17 @@
 run by tests/golden/sampler_record.py on the tiny network of tests/golden/sampler_inputs.py), and
 end to end through the real lm-eval package (lm_eval.simple_evaluate on local tasks)."""
 import json
-import os
 
 import pytest
 
-from golden import sampler_inputs as si
+from golden import record, sampler_inputs as si
 from lladax.data import tokenizers
 from lladax.evals import lm_eval_adapter
 from tests.test_eval_common import tiny_checkpoint  # noqa: F401 (fixture)
 
-GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'data', 'sampler.json')
-
-
 @pytest.fixture(scope='module')
 def golden():
-  with open(GOLDEN, encoding='utf-8') as f:
-    return json.load(f)
+  return record.load('sampler')
 
 
 @pytest.fixture(scope='module')

@@ -4,8 +4,6 @@ token for token in float32, and in distribution for the Monte Carlo likelihood."
 import dataclasses
 import functools
 import itertools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from golden import sampler_inputs as si
+from golden import record, sampler_inputs as si
 from lladax import diffusion, sampler
 from lladax.evals import lm_eval_adapter
 
-GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'data', 'sampler.json')
-
-
 @pytest.fixture(scope='module')
 def golden():
-  with open(GOLDEN, encoding='utf-8') as f:
-    return json.load(f)
+  return record.load('sampler')
 
 
 @pytest.fixture(scope='module')

@@ -34,7 +34,7 @@ def niah(needles: Sequence[dict]) -> Oracle:
   return Oracle(solve)
 
 
-def _last_section(prompt: str, marker: str) -> str:
+def last_section(prompt: str, marker: str) -> str:
   """The text after the last `marker` (tasks with an in-context example repeat their header)."""
   at = prompt.rfind(marker)
   return prompt[at:] if at >= 0 else prompt
@@ -55,7 +55,7 @@ def ruler_niah(prompt: str) -> str:
 
 
 def ruler_vt(prompt: str) -> str:
-  section = _last_section(prompt, 'Memorize and track the chain')
+  section = last_section(prompt, 'Memorize and track the chain')
   value = re.findall(r'assigned the value (\d+)', section)
   if not value:
     return ''
@@ -74,14 +74,14 @@ def ruler_vt(prompt: str) -> str:
 
 
 def ruler_cwe(prompt: str) -> str:
-  section = _last_section(prompt, 'Below is a numbered list of words.')
+  section = last_section(prompt, 'Below is a numbered list of words.')
   section = section.split('Question:')[0]
   counts = collections.Counter(re.findall(r'\d+\. (\S+)', section))
   return ' ' + ' '.join(f'{i + 1}. {w}' for i, (w, _) in enumerate(counts.most_common(10)))
 
 
 def ruler_fwe(prompt: str) -> str:
-  section = _last_section(prompt, 'Read the following coded text')
+  section = last_section(prompt, 'Read the following coded text')
   text = section.split('Find the three most frequently appeared coded words.', 1)[-1]
   text = text.split('Question:')[0]
   counts = collections.Counter(w for w in text.split() if w != '....')

@@ -47,6 +47,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from lladax.config import ConfigError
+from lladax.evals import oracles
 
 NIAH_TEMPLATE = (
     'Some special magic {type_needle_v} are hidden within the following text. Make sure to '
@@ -644,11 +645,6 @@ def summarise(scores: dict[str, dict[str, float]], lengths: Sequence[int]) -> di
 # Oracle: solves the official prompts from the text (QA by its known answers)
 
 
-def _after(prompt: str, marker: str) -> str:
-  at = prompt.rfind(marker)
-  return prompt[at:] if at >= 0 else prompt
-
-
 def solve_niah(prompt: str) -> str:
   asked = re.findall(r'What (?:are all|is) the special magic (\w+?)s? for (.+?) mentioned in the '
                      r'provided text\?', prompt)
@@ -664,26 +660,9 @@ def solve_niah(prompt: str) -> str:
   return ' ' + ', '.join(values)
 
 
-def solve_vt(prompt: str) -> str:
-  section = _after(prompt, 'Memorize and track the chain')
-  value = re.findall(r'assigned the value (\d+)', section)
-  if not value:
-    return ''
-  assignments = re.findall(r'VAR (\w+) = (VAR \w+|\d+)', section)
-  names, frontier, changed = [], {value[-1]}, True
-  while changed:
-    changed = False
-    for target, source in assignments:
-      source = source.replace('VAR ', '')
-      if source in frontier and target not in frontier:
-        frontier.add(target)
-        names.append(target)
-        changed = True
-  return ' ' + ' '.join(names)
-
-
 def solve_cwe(prompt: str) -> str:
-  section = _after(prompt, 'Below is a numbered list of words.').split('\nQuestion:')[0]
+  section = oracles.last_section(prompt, 'Below is a numbered list of words.')
+  section = section.split('\nQuestion:')[0]
   section = section.split('\n', 1)[-1]
   listed = [w for w in re.split(r'(?:^| )\d+\. ', section) if w]
   counts: dict[str, int] = {}
@@ -713,7 +692,7 @@ def solver(qa_answers: dict[str, list[str]]) -> Callable[[str], str]:
     if 'special magic' in prompt:
       return solve_niah(prompt)
     if 'chain(s) of variable assignment' in prompt:
-      return solve_vt(prompt)
+      return oracles.ruler_vt(prompt)  # the chain is solved alike in both protocols
     if 'numbered list of words' in prompt:
       return solve_cwe(prompt)
     if 'coded text' in prompt:

@@ -51,6 +51,12 @@ def source_commit(root: str) -> str:
     return 'unknown (not a git checkout)'
 
 
+def load(bench: str) -> dict:
+  """The recorded golden data of `bench`, as the tests read it."""
+  with open(os.path.join(DATA, f'{bench}.json'), encoding='utf-8') as f:
+    return json.load(f)
+
+
 def write(bench: str, payload: dict) -> str:
   os.makedirs(DATA, exist_ok=True)
   path = os.path.join(DATA, f'{bench}.json')
