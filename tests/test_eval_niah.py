@@ -197,3 +197,46 @@ def test_a_local_tiktoken_file_counts_without_downloading(tmp_path):
   counter, _ = haystack.counting_tokenizer(str(path), BYTES, 'config.niah.count_tokenizer')
   assert counter.encode('abab c') == [257, 258]
   assert haystack.token_starts(counter, 'abab c') == [0, 4]
+
+
+def test_a_tiktoken_file_replaced_at_its_path_is_read_again(tmp_path):
+  """tiktoken's own loader caches every path it reads under /tmp by its name; lladax reads the
+  file itself, so a file replaced at the same path counts with its new ranks."""
+  pytest.importorskip('tiktoken')
+  import base64
+
+  def write(extra):
+    ranks = [bytes([b]) for b in range(256)] + extra
+    path.write_text(''.join(f'{base64.b64encode(t).decode()} {i}\n' for i, t in enumerate(ranks)))
+
+  path = tmp_path / 'cl100k_base.tiktoken'
+  write([b'ab'])
+  assert haystack.TiktokenTokenizer(str(path)).encode('abab') == [256, 256]
+  write([b'ba'])
+  assert haystack.TiktokenTokenizer(str(path)).encode('abab') == [97, 256, 98]
+
+
+def test_the_papers_length_file_is_checked_against_cl100k(tmp_path):
+  pytest.importorskip('tiktoken')
+  import base64
+  path = tmp_path / 'cl100k_base.tiktoken'
+  path.write_text(''.join(f'{base64.b64encode(bytes([b])).decode()} {b}\n' for b in range(256)))
+  _, deviations = haystack.cl100k(str(path), 'config.x.count_tokenizer')
+  assert len(deviations) == 1 and 'is not cl100k_base.tiktoken (sha256 ' in deviations[0]
+  path.write_text('not a rank line\n')
+  with pytest.raises(ConfigError, match='line 1 is not "<base64 token> <rank>"'):
+    haystack.cl100k(str(path), 'config.x.count_tokenizer')
+  with pytest.raises(ConfigError, match='config.x.count_tokenizer is empty'):
+    haystack.cl100k('', 'config.x.count_tokenizer')
+
+
+def test_records_and_needles_that_are_not_utf8_json_are_one_sentence(tmp_path):
+  path = tmp_path / 'hay.jsonl'
+  path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+  with pytest.raises(ConfigError, match='hay.jsonl line 2 is not UTF-8 text'):
+    haystack.read_records(str(path), 'config.niah.haystack')
+  needles = tmp_path / 'needles.jsonl'
+  needles.write_text('{"needle": "A.", "stem": "A", "keyword": "A"}\n{"needle": \n')
+  cfg = niah.NiahConfig(protocol='lladax', needles=str(needles))
+  with pytest.raises(ConfigError, match='needles.jsonl line 2 is not a UTF-8 JSON record'):
+    niah.load_needles(cfg)

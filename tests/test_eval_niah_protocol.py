@@ -42,7 +42,7 @@ def settings(files, protocol='longllada', **overrides):
 
 
 def builder(files, protocol='longllada', **overrides):
-  return niah.load_origin(niah.NiahConfig(**settings(files, protocol, **overrides)))
+  return niah.load_origin(niah.NiahConfig(**settings(files, protocol, **overrides)))[0]
 
 
 def sha(text):
@@ -64,8 +64,8 @@ def test_prompts_and_answers_are_the_official_ones_character_for_character(golde
       niah_inputs.GRIDS[protocol]['depths']) * niah_inputs.GRIDS[protocol]['repeats']
   for rec in recorded:
     # OpenCompass' template ({prompt} as the only HUMAN turn) hands the dataset's prompt over as
-    # is: no BOS text, no answer turn.
-    assert rec['template_is_identity']
+    # is (no BOS text, no answer turn), except that filling it deletes a literal '{answer}'.
+    assert rec['template_is_identity'] or rec['answer_field_in_dataset_prompt']
     cell = b.cell(rec['length'], float(rec['depth']), rec['repeat'])
     where = (rec['length'], rec['depth'], rec['repeat'])
     assert cell['reference'] == rec['answer'], where
@@ -78,6 +78,8 @@ def test_prompts_and_answers_are_the_official_ones_character_for_character(golde
 def test_the_goldens_cover_cuts_and_insertions_inside_characters_and_a_short_corpus(golden,
                                                                                      files):
   cells = golden['longllada']['cells'] + golden['ultrallada']['cells']
+  # ... and prompts whose haystack held '{answer}', which the template filling deletes.
+  assert any(c['answer_field_in_dataset_prompt'] for c in cells)
   needle_split = [c for c in cells if c['depth'] < 100 and c['around_needle'].startswith(
       '\ufffd', 5) and c['around_needle'][-6:].startswith('\ufffd')]
   cut_split = [c for c in cells if c['tail'].split(niah.PAPER_ASK)[0].endswith('\ufffd')]
@@ -270,9 +272,36 @@ def test_the_oracle_scores_100_through_the_job_and_deviations_are_recorded(tmp_p
   assert 'dtype=float32 (protocol longllada: float16)' in deviations
   assert 'config.niah.lengths=[700, 900] (protocol longllada: [2000' in deviations
   assert 'config.niah.repeats=2 (protocol longllada: 10)' in deviations
+  # The tests count in a small BPE, not cl100k_base: every length then differs from the papers'.
+  assert 'config.niah.count_tokenizer=' in deviations and 'is not cl100k_base' in deviations
   assert all(r['context_tokens'] == r['length'] - 600 for r in result['cells'])
   saved = json.loads((tmp_path / 'niah_results.json').read_text())
   assert saved['deviations'] == result['deviations'] and saved['protocol'] == 'longllada'
+
+
+def test_a_sampler_setting_other_than_the_papers_is_a_deviation(tmp_path, files):
+  c = paper_recipe(tmp_path, files, lengths=(700,), repeats=1)
+  c.eval.oracle = True
+  c.sample.temperature = 0.5
+  deviations = ' | '.join(jobs.run(c)['deviations'])
+  assert 'config.sample.temperature=0.5 (protocol longllada: 0.0)' in deviations
+
+
+def test_a_run_given_more_lengths_and_repeats_reuses_its_finished_cells(tmp_path, files):
+  prompts = []
+  oracle = oracles.niah(niah.load_origin(niah.NiahConfig(**settings(files)))[0].oracle_needles())
+
+  def counting(prompt):
+    prompts.append(prompt)
+    return oracle.solve(prompt)
+
+  c = paper_recipe(tmp_path, files, lengths=(700,), repeats=1)
+  niah.run(c, generator=oracles.Oracle(counting))
+  first = len(prompts)
+  c = paper_recipe(tmp_path, files, lengths=(700, 900), repeats=2)
+  result = niah.run(c, generator=oracles.Oracle(counting))
+  assert first == 2 and len(prompts) - first == 2 * 2 * 2 - first
+  assert result['overall'] == 100
 
 
 def test_outputs_without_the_keyword_score_as_the_evaluator_does(tmp_path, files):

@@ -132,3 +132,18 @@ def _fake_mesh(model, config):
     return jax.numpy.asarray(a)
 
   return model, put, context
+
+
+def test_an_eval_job_refuses_the_sample_sections_mask_prediction():
+  """Evaluation jobs take mask prediction from the protocol or config.eval, never config.sample,
+  so a setting there would otherwise be ignored silently."""
+  from lladax import presets  # pylint: disable=import-outside-toplevel
+  from lladax.evals import protocols  # pylint: disable=import-outside-toplevel
+  c = presets.base('eval_niah')
+  c.sample.mask_prediction = 'allow'
+  with pytest.raises(ConfigError, match='set config.eval.mask_prediction instead'):
+    runner.sampler_settings(c, protocols.GENERATION['longllada'], gen_length=32)
+  c.sample.mask_prediction = 'ban'
+  scfg = runner.sampler_settings(c, protocols.GENERATION['longllada'], gen_length=32,
+                                 block_length=32, steps=32)
+  assert scfg.mask_prediction == 'allow'

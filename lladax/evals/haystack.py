@@ -8,7 +8,9 @@ haystack is never re-decoded (no tokenizer round-trip artefacts in the prompt).
 """
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +32,6 @@ class TiktokenTokenizer:
   def __init__(self, path: str):
     try:
       import tiktoken  # pylint: disable=import-outside-toplevel
-      import tiktoken.load  # pylint: disable=import-outside-toplevel
       from tiktoken_ext import openai_public  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise ConfigError(f'counting lengths with {path} needs the tiktoken package; pip install '
@@ -38,7 +39,7 @@ class TiktokenTokenizer:
                         ) from None
     name = os.path.basename(path).split('.')[0]
     make = openai_public.ENCODING_CONSTRUCTORS.get(name, openai_public.cl100k_base)
-    ranks = tiktoken.load.load_tiktoken_bpe(path)
+    ranks = read_tiktoken_ranks(path)
     # The constructor would fetch its ranks from the web; hand it the local ones instead.
     with mock.patch.object(openai_public, 'load_tiktoken_bpe', lambda *a, **k: ranks):
       spec = make()
@@ -59,6 +60,46 @@ class TiktokenTokenizer:
   def token_starts(self, text: str) -> list[int]:
     _, starts = self._enc.decode_with_offsets(self.encode(text))
     return starts
+
+
+# sha256 of cl100k_base.tiktoken as tiktoken downloads it (tiktoken_ext.openai_public).
+CL100K_SHA256 = '223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7'
+
+
+def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
+  """The ranks of a .tiktoken file (base64 token, space, rank per line). Read here rather than by
+  tiktoken's loader, which caches every path it reads under /tmp by the path's name, so a file
+  replaced at the same path would be read stale."""
+  ranks = {}
+  with open(path, 'rb') as f:
+    for i, line in enumerate(f.read().splitlines()):
+      if not line:
+        continue
+      try:
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+      except ValueError:
+        raise ConfigError(f'{path} line {i + 1} is not "<base64 token> <rank>"; give a '
+                          'tiktoken encoding file such as cl100k_base.tiktoken.') from None
+  return ranks
+
+
+def cl100k(path: str, where: str) -> tuple[TiktokenTokenizer, list[str]]:
+  """(tokenizer, deviations): the papers' length unit, a local .tiktoken file read as
+  cl100k_base; a file other than the real cl100k_base.tiktoken is allowed (the tests count in a
+  small BPE) and named as a deviation, since every length then differs from the papers'."""
+  if not path:
+    raise ConfigError(f'{where} is empty; the papers count lengths in cl100k_base: set it to a '
+                      'local cl100k_base.tiktoken file.')
+  if not path.endswith('.tiktoken') or not os.path.isfile(path):
+    raise ConfigError(f'{where}={path!r} is not a local .tiktoken file; the papers count lengths '
+                      'in cl100k_base: give a local cl100k_base.tiktoken.')
+  with open(path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  deviations = [] if digest == CL100K_SHA256 else [
+      f'{where}={path} is not cl100k_base.tiktoken (sha256 {digest[:12]}..., cl100k_base: '
+      f'{CL100K_SHA256[:12]}...): lengths are counted in another encoding']
+  return TiktokenTokenizer(path), deviations
 
 
 def counting_tokenizer(path: str, model_tokenizer: tokenizers.Tokenizer,
@@ -156,10 +197,13 @@ def read_records(path: str, where: str) -> list[dict]:
   if not os.path.isfile(path):
     raise ConfigError(f'{where}={path!r} is not a file; give the local JSON-lines file.')
   records = []
-  with open(path, encoding='utf-8') as f:
-    for i, line in enumerate(f):
+  with open(path, 'rb') as f:
+    for i, raw in enumerate(f):
       try:
-        record = json.loads(line.strip())
+        record = json.loads(raw.decode('utf-8').strip())
+      except UnicodeDecodeError:
+        raise ConfigError(f'{path} line {i + 1} is not UTF-8 text; re-encode that file of {where} '
+                          'as UTF-8.') from None
       except json.JSONDecodeError:
         record = None
       if not isinstance(record, dict):

@@ -60,9 +60,6 @@ PAPER_GEN_LENGTH = 32
 PAPER_BLOCK_LENGTH = 32
 PAPER_LENGTH_BUFFER = 600
 PAPER_LANGUAGE = 'English'
-# LLaDA's generate() defaults, which the papers' wrapper keeps.
-PAPER_SAMPLER = dict(temperature=0.0, cfg_scale=0.0, remasking='low_confidence',
-                     suppress_eos=False, suppress_eot=False, defer_eos_eot=False)
 
 # NeedleBench origin's English prompt (guide=True, position 'End').
 PAPER_PREAMBLE = ('You are an intelligent AI assistant skilled in answering user questions.\n'
@@ -240,12 +237,17 @@ def load_needles(cfg: NiahConfig) -> list[dict]:
     raise ConfigError(f'config.niah.needles={cfg.needles!r} does not exist; give a .jsonl of '
                       'needles or "" for the built-in ones.')
   out = []
-  with open(cfg.needles, encoding='utf-8') as f:
+  with open(cfg.needles, 'rb') as f:
     for i, line in enumerate(f):
-      if line.strip():
-        raw = json.loads(line)
-        if raw.get('language', cfg.language) == cfg.language:
-          out.append(needle_record(raw, f'{cfg.needles} line {i + 1}'))
+      if not line.strip():
+        continue
+      try:
+        raw = json.loads(line.decode('utf-8'))
+      except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f'{cfg.needles} line {i + 1} is not a UTF-8 JSON record; fix or drop '
+                          'that line of config.niah.needles.') from None
+      if raw.get('language', cfg.language) == cfg.language:
+        out.append(needle_record(raw, f'{cfg.needles} line {i + 1}'))
   if not out:
     raise ConfigError(f'{cfg.needles} has no {cfg.language} needle; set config.niah.language.')
   return out
@@ -305,7 +307,9 @@ def paper_question(question: str, where: str) -> str:
 
 
 def paper_prompt(context: str, question: str) -> str:
-  return f'{PAPER_PREAMBLE}{context}{PAPER_ASK}{question}'
+  # OpenCompass fills the template '{prompt}' with this text and then replaces '{answer}' (the
+  # answer column, '' when generating) in the result, so that literal goes from the prompt.
+  return f'{PAPER_PREAMBLE}{context}{PAPER_ASK}{question}'.replace('{answer}', '')
 
 
 def paper_reference(needle: str, keyword: str) -> str:
@@ -350,16 +354,6 @@ def load_paper_needles(path: str, language: str = PAPER_LANGUAGE) -> list[dict]:
   return out
 
 
-def paper_encoder(path: str) -> haystack.TiktokenTokenizer:
-  if not path:
-    raise ConfigError('config.niah.count_tokenizer is empty; the papers count lengths in '
-                      'cl100k_base: set it to a local cl100k_base.tiktoken file.')
-  if not path.endswith('.tiktoken') or not os.path.isfile(path):
-    raise ConfigError(f'config.niah.count_tokenizer={path!r} is not a local .tiktoken file; the '
-                      'papers count lengths in cl100k_base: give cl100k_base.tiktoken.')
-  return haystack.TiktokenTokenizer(path)
-
-
 class OriginBuilder:
   """Prompts of the papers' cells. Each document is tokenized once per job (when first needed),
   each repeat's document order is computed once, and each repeat's concatenated tokens grow
@@ -378,8 +372,6 @@ class OriginBuilder:
   def _encode(self, text: str, where: str) -> list[int]:
     try:
       return self.encoder.encode_refusing_special(text)
-    except ConfigError:
-      raise
     except ValueError:
       raise ConfigError(f'{where} holds a special token\'s text (such as <|endoftext|>), which the '
                         "papers' tiktoken encode refuses; remove it from that file.") from None
@@ -461,9 +453,10 @@ class OriginBuilder:
     return out
 
 
-def load_origin(cfg: NiahConfig) -> OriginBuilder:
-  """The papers' builder over the local NeedleBench files the settings name."""
-  encoder = paper_encoder(cfg.count_tokenizer)
+def load_origin(cfg: NiahConfig) -> tuple[OriginBuilder, list[str]]:
+  """(builder, deviations): the papers' builder over the local NeedleBench files the settings
+  name, and a length tokenizer other than cl100k_base named as a deviation."""
+  encoder, deviations = haystack.cl100k(cfg.count_tokenizer, 'config.niah.count_tokenizer')
   needles = load_paper_needles(cfg.needles, cfg.language)
   for n in needles:
     for key in ('needle', 'retrieval_question', 'arg2'):
@@ -471,7 +464,8 @@ def load_origin(cfg: NiahConfig) -> OriginBuilder:
         raise ConfigError(f'{cfg.needles} line {n["line"]} has no "{key}"; config.niah.needles '
                           "must be NeedleBench's needles.jsonl.")
   records = haystack.read_records(cfg.haystack, 'config.niah.haystack')
-  return OriginBuilder(needles, records, encoder, cfg.length_buffer, cfg.needles, cfg.haystack)
+  return OriginBuilder(needles, records, encoder, cfg.length_buffer, cfg.needles,
+                       cfg.haystack), deviations
 
 
 def paper_deviations(cfg: NiahConfig, scfg) -> list[str]:
@@ -484,11 +478,10 @@ def paper_deviations(cfg: NiahConfig, scfg) -> list[str]:
                 repeats=cfg.resolved('repeats'), length_buffer=cfg.length_buffer)
   out = [f'config.niah.{k}={chosen[k]} (protocol {cfg.protocol}: {v})'
          for k, v in expected.items() if chosen[k] != v]
-  sampler_expected = dict(PAPER_SAMPLER, gen_length=PAPER_GEN_LENGTH,
-                          block_length=PAPER_BLOCK_LENGTH, steps=steps)
+  decode = dict(gen_length=PAPER_GEN_LENGTH, block_length=PAPER_BLOCK_LENGTH, steps=steps)
   out += [f'sampler {k}={getattr(scfg, k)} (protocol {cfg.protocol}: {v})'
-          for k, v in sampler_expected.items() if getattr(scfg, k, v) != v]
-  return out
+          for k, v in decode.items() if getattr(scfg, k) != v]
+  return out + protocols.sampler_deviations(scfg, cfg.protocol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,9 +535,7 @@ def _prompt_tokens(cfg: NiahConfig, generator, tok, generation: protocols.Genera
   given; under lladax's, the text's tokens without BOS (what the replay's report has read)."""
   if not cfg.paper:
     return len(tok.encode(prompt))
-  if isinstance(generator, runner.ModelGenerator):
-    return len(generator.prompt_ids(prompt))
-  return len(tok.encode(prompt, add_special_tokens=generation.prompt_tokens == 'tokenizer'))
+  return len(runner.prompt_ids(generator, tok, generation, prompt))
 
 
 def _lladax_job(config, cfg: NiahConfig, ecfg, generator):
@@ -574,11 +565,12 @@ def _lladax_job(config, cfg: NiahConfig, ecfg, generator):
 
 
 def _paper_job(config, cfg: NiahConfig, ecfg, generator):
-  builder = load_origin(cfg)
+  builder, count_deviations = load_origin(cfg)
   builder.prepare(max(cfg.resolved('lengths')), cfg.resolved('repeats'))
   generator, tok, info = runner.setup(
       config, ecfg, generator, lambda: oracles.niah(builder.oracle_needles()),
       protocol=cfg.protocol)
+  info = runner.note_deviations(info, count_deviations, 'NIAH')
 
   def score(b, pred):
     return dict(score=paper_score(pred, b['reference']), context_tokens=b['context_tokens'],
@@ -601,13 +593,9 @@ def run(config, generator: runner.Generator | None = None) -> dict:
   generation = runner.generation_of(info)
   scfg = runner.sampler_settings(config, generation, **runner.decode_settings(
       cfg.gen_length, cfg.block_length, cfg.resolved('steps'), 'config.niah'))
-  deviations = list(info['deviations'])
   if cfg.paper:
-    deviations += paper_deviations(cfg, scfg)
-    if len(deviations) > len(info['deviations']):
-      logging.warning('NIAH under protocol %s, with deviations: %s', cfg.protocol,
-                      '; '.join(deviations[len(info['deviations']):]))
-  settings = dict(info, deviations=deviations, sampler=dataclasses.asdict(scfg), **settings)
+    info = runner.note_deviations(info, paper_deviations(cfg, scfg), 'NIAH')
+  settings = dict(info, sampler=dataclasses.asdict(scfg), **settings)
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
 
   def compute(batch):

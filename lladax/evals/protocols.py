@@ -59,6 +59,20 @@ GENERATION = {
 }
 
 
+# LLaDA's generate() as the papers' wrapper calls it: greedy, no guidance, low-confidence
+# remasking, EOS neither suppressed (logits_eos_inf) nor deferred (confidence_eos_eot_inf).
+PAPER_SAMPLER = dict(temperature=0.0, cfg_scale=0.0, remasking='low_confidence',
+                     suppress_eos=False, suppress_eot=False, defer_eos_eot=False)
+
+
+def sampler_deviations(sample, protocol: str) -> list[str]:
+  """config.sample's settings that differ from the papers' sampler under a paper protocol."""
+  if protocol not in PAPERS:
+    return []
+  return [f'config.sample.{k}={getattr(sample, k)!r} (protocol {protocol}: {v!r})'
+          for k, v in PAPER_SAMPLER.items() if getattr(sample, k) != v]
+
+
 def check(name: str, where: str) -> str:
   return choice(name, NAMES, where)
 

@@ -290,8 +290,28 @@ def sampler_settings(config, generation: protocols.Generation | None = None,
   the protocol's mask prediction."""
   base = sampler.from_config(config)
   if generation is not None:
+    if base.mask_prediction != sampler.SamplerConfig.mask_prediction:
+      raise ConfigError(f'config.sample.mask_prediction={base.mask_prediction!r} does not apply '
+                        'to evaluation jobs; set config.eval.mask_prediction instead.')
     decode['mask_prediction'] = generation.mask_prediction
   return dataclasses.replace(base, **decode)
+
+
+def note_deviations(info: dict, extra: Sequence[str], job: str) -> dict:
+  """`info` with a job's own deviations from its protocol added to setup's, the new ones logged."""
+  if extra:
+    logging.warning('%s under protocol %s, with deviations: %s', job, info['protocol'],
+                    '; '.join(extra))
+  return dict(info, deviations=list(info['deviations']) + list(extra))
+
+
+def prompt_ids(generator, tokenizer, generation: protocols.Generation, text: str) -> list[int]:
+  """The prompt's token ids as the model receives them; for a generator other than the model
+  (an oracle), the text's tokens with the tokenizer's own special tokens or none (an oracle has
+  no model config to take a BOS from)."""
+  if isinstance(generator, ModelGenerator):
+    return generator.prompt_ids(text)
+  return tokenizer.encode(text, add_special_tokens=generation.prompt_tokens == 'tokenizer')
 
 
 def decode_settings(gen_length: int, block_length: int, steps: int | None,
@@ -322,10 +342,15 @@ def _jsonable(value):
 class ResultStore:
   """Finished cells as JSON lines {"key": ..., "result": ...} after a header line holding the
   settings that produced them. A restart re-reads them and skips those cells; a line torn by a
-  kill is dropped. Results made with other settings are refused rather than mixed in."""
+  kill is dropped. Results made with other settings are refused rather than mixed in.
+
+  `deviations` stay out of the header: they restate settings the header holds, or say which part
+  of a paper's grid a run covers, and a run that is only extended (more lengths, samples or
+  tasks) must reuse its finished cells."""
 
   def __init__(self, path: str, settings: dict, resume: bool = True):
-    self.path, self.settings = path, _jsonable(settings)
+    self.path = path
+    self.settings = _jsonable({k: v for k, v in settings.items() if k != 'deviations'})
     self.results: dict[str, dict] = {}
     if resume and os.path.exists(path):
       self._read()

@@ -71,6 +71,10 @@ def documents(special: bool = False) -> list[str]:
       continue
     n = 30 + next(draw) % 70
     text = _words(draw, n, wide_every=2 if kind in (1, 4) else 0)
+    if kind == 0:
+      # OpenCompass' template filling deletes this literal from a prompt (safe_format fills the
+      # answer column, '' when generating, after the prompt).
+      text = text.replace(' ', ' {answer} ', 1)
     # Sentences run into the next document: most end with a period and no space.
     docs.append(text.rstrip(',.') + ('.' if kind != 5 else ' '))
   if special:

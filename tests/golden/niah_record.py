@@ -167,7 +167,8 @@ def _paper(name: str, paths: dict, data: dict, special: dict, encoding) -> dict:
           model_prompt = build(template, {'prompt': prompt, 'answer': answer}, out_col)
           cell = _cell(model_prompt, answer, length in niah_inputs.FULL_TEXT_LENGTHS)
           cells.append(dict(length=length, depth=depth, repeat=r,
-                            template_is_identity=model_prompt == prompt, **cell))
+                            template_is_identity=model_prompt == prompt,
+                            answer_field_in_dataset_prompt='{answer}' in prompt, **cell))
     evaluator = origin.NeedleBenchOriginEvaluator()
     with contextlib.redirect_stdout(io.StringIO()):
       scored = evaluator.score([p for p, _, _ in niah_inputs.PREDICTIONS],
