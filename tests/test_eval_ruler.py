@@ -184,3 +184,23 @@ def test_missing_qa_file_and_too_short_length_are_one_sentence(tmp_path):
   c.eval.oracle = True
   with pytest.raises(ConfigError, match='use a longer length'):
     jobs.run(c)
+
+
+def test_a_task_draws_the_same_samples_alone_or_with_others_and_extension_resumes(tmp_path):
+  # A task's samples are seeded by its place among all 13, so running vt alone and then adding a
+  # task reuses vt's cells, and those are the cells a run of both would have made.
+  def run(workdir, tasks):
+    seen = []
+    c = recipe('eval_ruler', workdir, ruler=dict(protocol='lladax', lengths=(2048,), samples=2,
+                                                 tasks=tasks))
+    c.eval.oracle = True
+    solve = oracles.ruler({}).solve
+    result = ruler.run(c, generator=oracles.Oracle(lambda p: seen.append(p) or solve(p)))
+    return result, seen
+
+  _, alone = run(tmp_path / 'a', ('vt',))
+  extended, seen = run(tmp_path / 'a', ('niah_single_1', 'vt'))
+  assert len(seen) == 2 and all('special magic' in p for p in seen)
+  _, both = run(tmp_path / 'b', ('niah_single_1', 'vt'))
+  assert both[2:] == alone
+  assert [r['task'] for r in extended['cells']] == ['niah_single_1'] * 2 + ['vt'] * 2

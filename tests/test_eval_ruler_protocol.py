@@ -7,11 +7,12 @@ import hashlib
 
 import pytest
 
-from golden import ruler_inputs
+import json
+
+from golden import record, ruler_inputs, ruler_record
 from lladax import jobs
 from lladax.config import ConfigError
-from golden import record
-from lladax.evals import ruler, ruler_opencompass as oc
+from lladax.evals import haystack, ruler, ruler_opencompass as oc
 from tests.test_eval_common import recipe
 
 RECORD = record.load('ruler')
@@ -30,7 +31,9 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def counter(files):
-  return ruler.cl100k_counter(ruler.RulerConfig(count_tokenizer=files['bpe']))[0]
+  encoder, deviations = haystack.cl100k(files['bpe'], 'config.ruler.count_tokenizer')
+  assert 'is not cl100k_base.tiktoken' in deviations[0]
+  return oc.Counter(encoder.encode_refusing_special)
 
 
 @pytest.fixture(scope='module')
@@ -77,6 +80,9 @@ def test_answer_turn_and_evaluator_are_opencompass(task):
   first = rec['cases']['1024']
   assert ruler.TURN_SUFFIX == {'absent': first['turn_absent_suffix'],
                                'present': first['turn_present_suffix']}
+  # A prompt quoting the template's own fields, as an essay or a paragraph could.
+  for turn, suffix in ruler.TURN_SUFFIX.items():
+    assert ruler.paper_prompt(ruler_record.TEMPLATE_PROBE, suffix) == first[f'turn_{turn}_probe']
   scored = rec['evaluator']
   answers = rec['cases'][scored['case']]['answers']
   golds = [a for a in answers for _ in ruler_inputs.predictions(a)]
@@ -198,17 +204,56 @@ def test_scores_are_the_evaluators_and_groups_the_papers():
   assert groups['avg'] == {'4096': 800 / 13}  # each task counts once: NIAH weighs 8 of 13
 
 
-def test_bad_paper_settings_are_one_sentence(tmp_path, files):
+def test_bad_paper_settings_are_one_sentence_before_the_model_loads(tmp_path, files):
   with pytest.raises(ConfigError, match='config.ruler.words is for protocol lladax'):
     ruler.RulerConfig(words='/x.txt')
+  bad_essay = tmp_path / 'essays.jsonl'
+  bad_essay.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+  base = dict(count_tokenizer=files['bpe'], essay=files['essay'])
   for settings, message in (
-      (dict(essay=files['essay']), 'count_tokenizer=.*cl100k_base.tiktoken'),
+      (dict(essay=files['essay']), 'count_tokenizer is empty.*cl100k_base.tiktoken'),
+      (dict(base, count_tokenizer=files['essay']), 'not a local .tiktoken file'),
       (dict(count_tokenizer=files['bpe']), 'config.ruler.essay is empty'),
-      (dict(count_tokenizer=files['bpe'], tasks=('cwe',)), 'no answer in a sample')):
-    c = recipe('eval_ruler', tmp_path, ruler=dict(lengths=(1024,), samples=1, **settings))
-    c.eval.oracle = True
+      (dict(base, essay=str(bad_essay)), 'essays.jsonl.* line 2 is not UTF-8'),
+      # The early draw: cwe finds no room for an answer at 1024, fwe no vocabulary under 50,
+      # and the 12 SQuAD questions of the test file cannot make 20 samples.
+      (dict(base, tasks=('vt', 'cwe')), 'cwe at 1024: the length leaves room for no answer'),
+      (dict(base, tasks=('fwe',), lengths=(40,)), 'fwe at 40: FWE draws length // 50 words'),
+      (dict(base, squad=files['squad'], tasks=('qa_1',), samples=20),
+       'dev-v2.0.json.* has 12 usable questions, fewer than config.ruler.samples=20')):
+    c = recipe('eval_ruler', tmp_path, ruler=dict(dict(lengths=(1024,), samples=1), **settings))
+    c.checkpoint = str(tmp_path / 'no_checkpoint_here')  # raises only if the model loads first
     with pytest.raises(ConfigError, match=message):
       jobs.run(c)
+
+
+def test_fwe_too_short_for_its_question_stops_where_opencompass_loops(counter, material):
+  # 60 tokens: a vocabulary of 1 word; the question alone is longer than the length.
+  with pytest.raises(ConfigError, match='fwe at 60: the FWE prompt has .* tokens with no words'):
+    oc.samples('fwe', 60, 1, 42, counter, material)
+
+
+def test_a_run_extended_by_tasks_and_lengths_keeps_its_cells(tmp_path, files, monkeypatch):
+  # First without the QA files (11 tasks), then with SQuAD, qa_1 and a second length: the header
+  # is the same and only the new cells are computed.
+  first, seen_first = oracle_run(tmp_path, files, monkeypatch, samples=1, squad='', hotpotqa='',
+                                 tasks=('niah_single_2', 'vt'))
+  assert len(seen_first) == 2
+  second, seen = oracle_run(tmp_path, files, monkeypatch, samples=1, hotpotqa='',
+                            tasks=('niah_single_2', 'vt', 'qa_1'), lengths=(1024, 2048))
+  assert len(seen) == 3 * 2 - 2
+  assert [r['prediction'] for r in second['cells'] if r['length'] == 2048][:2] == [
+      r['prediction'] for r in first['cells']]
+  assert second['cells'][-1] == dict(second['cells'][-1], task='qa_1', squad=files['squad'])
+  header = json.loads((tmp_path / 'ruler_cells.jsonl').read_text().splitlines()[0])
+  assert 'squad' not in header['settings'] and 'essay' not in header['settings']
+  # Another essay file is other material: its tasks' cells are drawn again, the others kept.
+  other = tmp_path / 'other_essays.jsonl'
+  with open(files['essay'], encoding='utf-8') as f:
+    other.write_text(f.read(), encoding='utf-8')
+  _, seen = oracle_run(tmp_path, files, monkeypatch, samples=1, hotpotqa='', essay=str(other),
+                       tasks=('niah_single_2', 'vt', 'qa_1'), lengths=(1024, 2048))
+  assert len(seen) == 2
 
 
 def test_lengths_count_as_tiktoken_encode_which_refuses_special_tokens(counter):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 from lladax.config import ConfigError, choice, from_section
 from lladax.evals import haystack, metrics, oracles, plots, protocols, runner, ruler_tasks
@@ -109,22 +108,52 @@ class RulerConfig:
     return [t for t in ruler_tasks.TASKS if t not in self.not_run()]
 
 
-def average_name(tasks) -> str:
-  return 'avg' if len(tasks) == len(ruler_tasks.TASKS) else f'avg_{len(tasks)}_tasks'
+def inputs(cfg: RulerConfig, task: str, pool_size: int = 0) -> dict[str, str | int]:
+  """The files a task's samples are drawn from (and, under lladax, the size of the cwe word pool,
+  which the longest length sets). Kept in the task's cell keys rather than the results' header, so
+  a run extended by tasks or lengths keeps its finished cells and recomputes only those whose
+  material changed."""
+  if cfg.protocol != 'lladax':
+    if task in oc.ESSAY_TASKS:
+      return {'essay': cfg.essay}
+    data = oc.DATA_TASKS.get(task)
+    return {data: getattr(cfg, data)} if data else {}
+  kind, spec = ruler_tasks.TASKS[task]
+  if spec.get('haystack') == 'essay':
+    return {'essay': cfg.essay or 'generated'}
+  if kind == 'cwe':
+    return {'words': cfg.words or 'built-in', 'pool': pool_size}
+  if kind == 'qa':
+    data = spec['dataset']
+    return {data: getattr(cfg, data)}
+  return {}
+
+
+def files(cfg: RulerConfig) -> dict[str, str]:
+  """The files the run read, for its results (each cell's key names those it drew from)."""
+  out = {'essay': cfg.essay, 'squad': cfg.squad, 'hotpotqa': cfg.hotpotqa}
+  if cfg.protocol == 'lladax':
+    out.update(essay=cfg.essay or 'generated', words=cfg.words or 'built-in')
+  return out
+
+
+def cells_of(cfg: RulerConfig, tasks: list[str], lengths: list[int], pool_size: int = 0):
+  return [dict(task=t, length=l, sample=i, **inputs(cfg, t, pool_size)) for l in lengths
+          for t in tasks for i in range(cfg.samples)]
 
 
 # ---------------------------------------------------------------------------------------------
 # protocol lladax
 
 
-def resources(cfg: RulerConfig) -> tuple[ruler_tasks.Resources, dict]:
-  """Essay words, keys, the cwe word pool and QA data, with where each came from."""
+def resources(cfg: RulerConfig) -> ruler_tasks.Resources:
+  """Essay words, keys, the cwe word pool and QA data."""
   if cfg.essay:
-    docs, essay = haystack.read_documents(cfg.essay, 'config.ruler.essay'), cfg.essay
+    docs = haystack.read_documents(cfg.essay, 'config.ruler.essay')
   else:
     if any(ruler_tasks.TASKS[t][1].get('haystack') == 'essay' for t in cfg.task_list()):
       haystack.warn_generated('config.ruler.essay')
-    docs, essay = haystack.generated_documents(cfg.seed), 'generated'
+    docs = haystack.generated_documents(cfg.seed)
   user_words = ruler_tasks.read_words(cfg.words) if cfg.words else None
   pool = ruler_tasks.word_pool(user_words, ruler_tasks.needed_pool(max(cfg.grid())), cfg.seed)
   qa = {}
@@ -136,9 +165,7 @@ def resources(cfg: RulerConfig) -> tuple[ruler_tasks.Resources, dict]:
       except (OSError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f'config.ruler.{name}={path!r} could not be read as {name} ({e}); give '
                           'the official dev JSON file.') from None
-  res = ruler_tasks.Resources(ruler_tasks.essay_words(docs), ruler_tasks.builtin_keys(), pool, qa)
-  return res, {'essay': essay, 'words': cfg.words or 'built-in', 'squad': cfg.squad,
-               'hotpotqa': cfg.hotpotqa}
+  return ruler_tasks.Resources(ruler_tasks.essay_words(docs), ruler_tasks.builtin_keys(), pool, qa)
 
 
 class Builder:
@@ -146,14 +173,15 @@ class Builder:
 
   def __init__(self, cfg: RulerConfig, res: ruler_tasks.Resources, counter):
     self.cfg, self.res, self.counter = cfg, res, counter
-    self.tasks = cfg.task_list()
     self._sizes: dict[tuple[str, int], int] = {}
 
   def budget(self, task: str, length: int) -> int:
     return length - ruler_tasks.BUDGET[ruler_tasks.TASKS[task][0]]
 
   def sample(self, task: str, length: int, index: int) -> tuple[ruler_tasks.Sample, int]:
-    seed = [self.cfg.seed, length, self.tasks.index(task) if task in self.tasks else 0, index]
+    # The task's place among all 13, not among those chosen: a run of a few tasks draws the
+    # samples a full run draws.
+    seed = [self.cfg.seed, length, list(ruler_tasks.TASKS).index(task), index]
 
     def build(size):
       return ruler_tasks.make(task, seed, size, self.res, length, index)
@@ -173,7 +201,7 @@ def summarise(tasks: list[str], lengths: list[int], rows: list[dict]) -> dict:
     present = [t for t in members if t in tasks]
     if present:
       groups[name] = {str(l): runner.mean(scores[t][str(l)] for t in present) for l in lengths}
-  groups[average_name(tasks)] = {str(l): runner.mean(scores[t][str(l)] for t in tasks)
+  groups[oc.average_name(tasks)] = {str(l): runner.mean(scores[t][str(l)] for t in tasks)
                                  for l in lengths}
   return {'scores': scores, 'groups': groups,
           'overall': {g: runner.mean(v.values()) for g, v in groups.items()}}
@@ -182,7 +210,7 @@ def summarise(tasks: list[str], lengths: list[int], rows: list[dict]) -> dict:
 def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> dict:
   ecfg = runner.eval_config(config)
   paths = runner.output_paths(config, ecfg, 'ruler')
-  res, sources = resources(cfg)
+  res = resources(cfg)
   qa_answers = {}
   for data in res.qa.values():
     qa_answers.update(data.answers_by_question())
@@ -198,12 +226,11 @@ def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> 
     return runner.sampler_settings(config, generation, **runner.decode_settings(
         cfg.gen_length or budget, cfg.block_length, cfg.steps, 'config.ruler'))
 
-  settings = dict(info, **sources, counted_in=counted_in, seed=cfg.seed,
-                  sampler={t: dataclasses.asdict(decode(t)) for t in tasks})
+  settings = dict(info, counted_in=counted_in, seed=cfg.seed,
+                  sampler={t: dataclasses.asdict(decode(t)) for t in ruler_tasks.TASKS})
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
   builder = Builder(cfg, res, counter)
-  cells = [dict(task=t, length=l, sample=i) for l in lengths for t in tasks
-           for i in range(cfg.samples)]
+  cells = cells_of(cfg, tasks, lengths, len(res.pool))
 
   def compute(batch):
     task, length = batch[0]['task'], batch[0]['length']
@@ -227,24 +254,13 @@ def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> 
     store.close()
   rows = [dict(c, **store.get(c)) for c in cells]
   summary = summarise(tasks, lengths, rows)
-  return finish(paths, dict(job='eval_ruler', **settings, tasks=tasks, lengths=lengths,
-                            samples=cfg.samples, not_run=cfg.not_run(), **summary, cells=rows),
-                info)
+  return finish(paths, dict(job='eval_ruler', **settings, files=files(cfg), tasks=tasks,
+                            lengths=lengths, samples=cfg.samples, not_run=cfg.not_run(), **summary,
+                            cells=rows), info)
 
 
 # ---------------------------------------------------------------------------------------------
 # protocols longllada / ultrallada
-
-
-def cl100k_counter(cfg: RulerConfig) -> tuple[oc.Counter, str]:
-  """The length tokenizer of the papers: a local cl100k_base.tiktoken file, counted with
-  tiktoken's `encode` as OpenCompass counts."""
-  path = cfg.count_tokenizer
-  if not path or not path.endswith('.tiktoken'):
-    raise ConfigError(f'config.ruler.count_tokenizer={path!r}: protocol {cfg.protocol} counts '
-                      'RULER lengths in cl100k_base, so give a local cl100k_base.tiktoken file.')
-  tok, _ = haystack.counting_tokenizer(path, None, 'config.ruler.count_tokenizer')
-  return oc.Counter(tok.encode_refusing_special), os.path.basename(path).split('.')[0]
 
 
 def material(cfg: RulerConfig, tasks: list[str]) -> oc.Material:
@@ -255,14 +271,29 @@ def material(cfg: RulerConfig, tasks: list[str]) -> oc.Material:
                         'of niah_single_2/3, multikey_1, multivalue and multiquery in Paul '
                         'Graham\'s essays: give PaulGrahamEssays.jsonl or leave those tasks out.')
     essay = oc.read_essay(cfg.essay)
-  qa = {name: oc.read_qa(name, getattr(cfg, name)) for t, name in oc.DATA_TASKS.items()
-        if t in tasks}
+  qa = {}
+  for task, name in oc.DATA_TASKS.items():
+    if task in tasks:
+      qa[name] = oc.read_qa(name, getattr(cfg, name))
+      if len(qa[name].qas) < cfg.samples:
+        raise ConfigError(f'config.ruler.{name}={getattr(cfg, name)!r} has {len(qa[name].qas)} '
+                          f'usable questions, fewer than config.ruler.samples={cfg.samples}; '
+                          'lower the samples or give the full dev file.')
   return oc.Material(oc.wonderwords_lists(), essay, qa)
 
 
-def paper_deviations(cfg: RulerConfig, lengths, encoding_name: str, words_version: str,
-                     turn: str) -> list[str]:
-  """The settings of this run that differ from what the protocol's paper ran."""
+def paper_prompt(text: str, suffix: str) -> str:
+  """What OpenCompass hands the model: the dataset's prompt, then the answer turn's suffix, with
+  the template's '{answer}' filled by ''. Its safe_format fills 'prompt' before 'answer', each
+  through the whole text, so a '{answer}' quoted inside an essay or paragraph goes too, while a
+  quoted '{prompt}' or '{query}' stays."""
+  return (text + suffix).replace('{answer}', '')
+
+
+def paper_deviations(cfg: RulerConfig, lengths, words_version: str, turn: str,
+                     scfg) -> list[str]:
+  """The settings of this run that differ from what the protocol's paper ran (the sampler
+  `scfg`'s decode lengths are the job's and checked as config.ruler's)."""
   p, out = cfg.protocol, []
   grid = LENGTHS[p] + APPENDIX_LENGTHS.get(p, ())
   if any(l not in grid for l in lengths):
@@ -276,12 +307,21 @@ def paper_deviations(cfg: RulerConfig, lengths, encoding_name: str, words_versio
                f'{cfg.steps} (protocol {p}: 64, 64, 64)')
   if turn != ANSWER_TURN[p]:
     out.append(f'answer_turn={turn} (protocol {p}: {ANSWER_TURN[p]})')
-  if encoding_name != 'cl100k_base':
-    out.append(f'count_tokenizer={cfg.count_tokenizer} (protocol {p}: cl100k_base)')
   if words_version != oc.WONDERWORDS_VERSION:
     out.append(f'wonderwords {words_version} (protocol {p}: {oc.WONDERWORDS_VERSION}, whose noun '
                'list the papers drew from)')
-  return out
+  return out + protocols.sampler_deviations(scfg, p)
+
+
+def draw(cfg: RulerConfig, task: str, length: int, n: int, counter: oc.Counter,
+         mat: oc.Material) -> list[tuple[str, list[str]]]:
+  samples = oc.samples(task, length, n, cfg.seed, counter, mat)
+  if not all(answers for _, answers in samples):
+    # OpenCompass makes such samples (e.g. cwe when not even 10 words fit) and then fails
+    # dividing by their zero answers when scoring.
+    raise ConfigError(f'RULER {task} at {length}: the length leaves room for no answer in a '
+                      'sample, which OpenCompass cannot score; use a longer length.')
+  return samples
 
 
 class PaperSamples:
@@ -294,14 +334,8 @@ class PaperSamples:
   def get(self, task: str, length: int) -> list[tuple[str, list[str]]]:
     if self._key != (task, length):
       self._samples = []  # one (task, length) in memory at a time
-      self._samples = oc.samples(task, length, self.cfg.samples, self.cfg.seed, self.counter,
-                                 self.mat)
+      self._samples = draw(self.cfg, task, length, self.cfg.samples, self.counter, self.mat)
       self._key = (task, length)
-      if not all(answers for _, answers in self._samples):
-        # OpenCompass makes such samples (e.g. cwe when not even 10 words fit) and then fails
-        # dividing by their zero answers when scoring.
-        raise ConfigError(f'RULER {task} at {length}: the length leaves room for no answer in a '
-                          'sample, which OpenCompass cannot score; use a longer length.')
     return self._samples
 
 
@@ -309,41 +343,41 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
   ecfg = runner.eval_config(config)
   paths = runner.output_paths(config, ecfg, 'ruler')
   tasks, lengths, not_run = cfg.task_list(), cfg.grid(), cfg.not_run()
-  counter, encoding_name = cl100k_counter(cfg)
+  encoder, count_deviations = haystack.cl100k(cfg.count_tokenizer, 'config.ruler.count_tokenizer')
+  counter = oc.Counter(encoder.encode_refusing_special)
   mat = material(cfg, tasks)
+  for task in tasks:
+    # A first sample of each task before the model loads: a length too short for it or material
+    # it cannot use fails now, not hours into the run.
+    draw(cfg, task, lengths[0], 1, counter, mat)
   qa_prompts: dict[str, list[str]] = {}
   generator, _, info = runner.setup(config, ecfg, generator,
                                     lambda: oracles.Oracle(oc.solver(qa_prompts)),
                                     protocol=cfg.protocol)
   generation = runner.generation_of(info)
   turn = cfg.answer_turn or ANSWER_TURN[cfg.protocol]
-  suffix = TURN_SUFFIX[turn]
 
   def decode(task):
     gen = cfg.gen_length or oc.TOKENS_TO_GENERATE[oc.TASKS[task][0]]
     return runner.sampler_settings(config, generation, **runner.decode_settings(
         gen, cfg.block_length, cfg.steps, 'config.ruler'))
 
-  deviations = list(info['deviations']) + paper_deviations(cfg, lengths, encoding_name,
-                                                           mat.words.version, turn)
-  for d in deviations[len(info['deviations']):]:
-    logging.warning('RULER protocol %s, with a deviation: %s', cfg.protocol, d)
-  settings = dict(info, deviations=deviations, essay=cfg.essay, squad=cfg.squad,
-                  hotpotqa=cfg.hotpotqa, count_tokenizer=cfg.count_tokenizer,
-                  tokenizer_model=TOKENIZER_MODEL[cfg.protocol], encoding=encoding_name,
-                  wonderwords=mat.words.version, answer_turn=turn, seed=cfg.seed,
-                  abbr={t: oc.TASKS[t][1]['abbr'] for t in tasks},
-                  sampler={t: dataclasses.asdict(decode(t)) for t in tasks})
+  info = runner.note_deviations(info, count_deviations + paper_deviations(
+      cfg, lengths, mat.words.version, turn, decode(tasks[0])), 'RULER')
+  # Whatever the run's selection: a run extended by tasks keeps the same header.
+  settings = dict(info, count_tokenizer=cfg.count_tokenizer,
+                  tokenizer_model=TOKENIZER_MODEL[cfg.protocol], wonderwords=mat.words.version,
+                  answer_turn=turn, seed=cfg.seed,
+                  abbr={t: spec['abbr'] for t, (_, spec) in oc.TASKS.items()},
+                  sampler={t: dataclasses.asdict(decode(t)) for t in oc.TASKS})
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
   drawn = PaperSamples(cfg, counter, mat)
-  cells = [dict(task=t, length=l, sample=i) for l in lengths for t in tasks
-           for i in range(cfg.samples)]
 
   def compute(batch):
     task, length = batch[0]['task'], batch[0]['length']
     chosen = [drawn.get(task, length)[c['sample']] for c in batch]
-    prompts = [text + suffix for text, _ in chosen]
-    if oc.TASKS[task][0] == 'qa':
+    prompts = [paper_prompt(text, TURN_SUFFIX[turn]) for text, _ in chosen]
+    if oc.TASKS[task][0] == 'qa' and ecfg.oracle:
       qa_prompts.update({p: answers for p, (_, answers) in zip(prompts, chosen)})
     preds = generator.generate(prompts, decode(task), seed=cfg.seed + batch[0]['sample'])
     out = []
@@ -353,6 +387,7 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
                       score=100 * m))
     return out
 
+  cells = cells_of(cfg, tasks, lengths)
   try:
     runner.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
                      group=lambda c: (c['task'], c['length']))
@@ -365,8 +400,9 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
   groups = oc.summarise(scores, lengths)
   summary = {'scores': scores, 'groups': groups,
              'overall': {g: runner.mean(v.values()) for g, v in groups.items()}}
-  return finish(paths, dict(job='eval_ruler', **settings, tasks=tasks, lengths=lengths,
-                            samples=cfg.samples, not_run=not_run, **summary, cells=rows), info)
+  return finish(paths, dict(job='eval_ruler', **settings, files=files(cfg), tasks=tasks,
+                            lengths=lengths, samples=cfg.samples, not_run=not_run, **summary,
+                            cells=rows), info)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -223,8 +223,13 @@ def read_essay(path: str) -> list[str]:
     raise ConfigError(f'config.ruler.essay={path!r} is not a file; give PaulGrahamEssays.jsonl '
                       '(JSON lines with a "text" field), as the papers\' RULER reads.')
   combined = []
-  with open(path, encoding='utf-8') as f:
-    for n, line in enumerate(f, 1):
+  with open(path, 'rb') as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ConfigError(f'config.ruler.essay={path!r} line {n} is not UTF-8 ({e.reason} at '
+                          f'byte {e.start}); give PaulGrahamEssays.jsonl as published.') from None
       try:
         combined.append(json.loads(line.strip()).get('text', '').strip() + ' ')
       except (json.JSONDecodeError, AttributeError):
@@ -509,10 +514,14 @@ def cwe(spec: dict, length: int, samples: int, seed: int, count: Counter, materi
 
 def fwe(spec: dict, length: int, samples: int, seed: int, count: Counter, material: Material,
         where: str) -> Iterator[tuple[str, list[str]]]:
-  del material, where
+  del material
   rng = random.Random(seed)
   alpha, wordlen = spec['alpha'], spec['coded_wordlen']
   vocab_size, step = length // 50, length // 32
+  if vocab_size == 0:
+    # Where the official code fails with an IndexError on its empty vocabulary.
+    raise ConfigError(f'{where}: FWE draws length // 50 words and the length leaves none; use '
+                      'a length of at least 50.')
 
   def vocabulary():
     vocab = [''.join(rng.choices(string.ascii_lowercase, k=wordlen)) for _ in range(vocab_size)]
@@ -543,6 +552,10 @@ def fwe(spec: dict, length: int, samples: int, seed: int, count: Counter, materi
     text, answer = text_of(vocab, used)
     while count(text) > length:
       used -= step
+      if used <= 0:
+        # Where the official code would shrink for ever: not even the question fits.
+        raise ConfigError(f'{where}: the FWE prompt has {count(text)} tokens with no words '
+                          'at all, over the length; use a longer length.')
       text, answer = text_of(vocab, used)
     yield text, answer
 
@@ -625,6 +638,11 @@ def task_score(matches: Sequence[float]) -> float:
   return round(sum(matches) / len(matches) * 100, 2)
 
 
+def average_name(tasks: Sequence[str]) -> str:
+  """'avg', the papers' Avg, only when all 13 tasks ran; else named for how many did."""
+  return 'avg' if len(tasks) == len(SUMMARY_ORDER) else f'avg_{len(tasks)}_tasks'
+
+
 def summarise(scores: dict[str, dict[str, float]], lengths: Sequence[int]) -> dict:
   """Groups as the papers report them (NIAH, VT, AGG, QA: means of their tasks' scores) and the
   average over the tasks run: 'avg' (OpenCompass' ruler_<len> group, the papers' Avg) when all 13
@@ -636,8 +654,7 @@ def summarise(scores: dict[str, dict[str, float]], lengths: Sequence[int]) -> di
     if present and len(present) == len(members):
       groups[name] = {str(l): sum(scores[t][str(l)] for t in present) / len(present)
                       for l in lengths}
-  avg = 'avg' if len(ran) == len(SUMMARY_ORDER) else f'avg_{len(ran)}_tasks'
-  groups[avg] = {str(l): sum(scores[t][str(l)] for t in ran) / len(ran) for l in lengths}
+  groups[average_name(ran)] = {str(l): sum(scores[t][str(l)] for t in ran) / len(ran) for l in lengths}
   return groups
 
 

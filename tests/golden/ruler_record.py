@@ -24,6 +24,7 @@ from golden import bpe, official, ruler_inputs
 
 STOCK_ROOT = ''                                              # opencompass itself
 ULTRA_ROOT = 'eval/opencompass-0.4.2/opencompass'            # inside UltraLLaDA
+TEMPLATE_PROBE = 'Keep {answer}, {prompt} and {query} {answer}.'
 KINDS = ('niah', 'vt', 'cwe', 'fwe', 'qa')
 LOADERS = {'niah': 'RulerNiahDataset', 'vt': 'RulerVtDataset', 'cwe': 'RulerCweDataset',
            'fwe': 'RulerFweDataset', 'qa': 'RulerQaDataset'}
@@ -128,6 +129,10 @@ def record_source(root: str, label: str, tokenizer_model: str, encoding, files: 
             text = build(tmpl, entry, 'answer')
             assert text.startswith(prompts[0]), (abbr, turn)
             case[f'turn_{turn}_suffix'] = text[len(prompts[0]):]
+            # A dataset prompt quoting the template's field names (an essay or a SQuAD paragraph
+            # could): what the template's formatting does to them.
+            probe = {'prompt': TEMPLATE_PROBE, 'answer': answers[0]}
+            case[f'turn_{turn}_probe'] = build(tmpl, probe, 'answer')
         if 'evaluator' not in task and all(answers):
           # The evaluators divide by the number of answers: score where every sample has some.
           preds, golds = [], []
