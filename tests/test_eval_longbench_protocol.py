@@ -16,7 +16,7 @@ from golden import longbench_inputs as inputs, record
 from lladax import jobs, sampler
 from lladax.config import ConfigError
 from lladax.data import tokenizers
-from lladax.evals import longbench, metrics, protocols, runner
+from lladax.evals import longbench, metrics, oracles, protocols, runner
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
 GOLDEN = record.load('longbench')
@@ -39,7 +39,7 @@ def test_prompts_are_opencompass_character_for_character(dataset):
   for row in golden['loader_rows']:
     assert list(row) == [k for k, _ in longbench.oc_entry(dataset, RECORDS[dataset][0])]
   assert golden['output_column'] == ('all_labels' if dataset in longbench.OC_LABELS else 'answers')
-  assert (golden['postprocessor'] is not None) == (dataset in longbench.OC_FIRST_LINE)
+  assert (golden['postprocessor'] is not None) == (dataset in longbench.FIRST_LINE)
 
 
 def test_the_prompt_details_the_issue_names():
@@ -62,11 +62,14 @@ def test_dataset_scores_are_the_opencompass_evaluators(dataset):
       assert longbench.oc_postprocess(dataset, prediction) == case['postprocessed']
       got = longbench.oc_score(dataset, prediction, sample)
       assert got * 100 == pytest.approx(case['score'], rel=1e-12, abs=1e-12), prediction
-      rows.append(dict(dataset=dataset, score=got, length=0))
+      terms = longbench.oc_terms(dataset, prediction, sample)
+      assert sum(terms) == got
+      rows.append(dict(dataset=dataset, score=got, terms=terms, length=0))
       i += 1
   assert i == len(golden['cases'])
   summary = longbench.summarise_papers(rows, [dataset], False, 'longllada')
-  assert summary['datasets'][dataset]['score'] == pytest.approx(golden['score'], rel=1e-12)
+  # Added term by term as the evaluator adds: the same float, not just a close one.
+  assert summary['datasets'][dataset]['score'] == golden['score']
 
 
 OC_FUNCTIONS = {
@@ -259,14 +262,14 @@ def test_prompt_ids_are_the_model_tokenizers_with_its_special_tokens():
   model = runner.ModelGenerator.__new__(runner.ModelGenerator)
   model.tokenizer, model.generation, model.bos = inputs.BosBytes(), generation, [1]
   want = [inputs.BosBytes.BOS] + list(text.encode())
-  assert longbench.prompt_ids(model, tokenizers.ByteTokenizer(), generation, text) == want
-  assert longbench.prompt_ids(None, inputs.BosBytes(), generation, text) == want
+  assert runner.prompt_ids(model, tokenizers.ByteTokenizer(), generation, text) == want
+  assert runner.prompt_ids(None, inputs.BosBytes(), generation, text) == want
 
 
 def test_summaries_follow_opencompass_groups_and_each_papers_average():
   scores = {d: float(i) for i, d in enumerate(longbench.METRIC)}
-  rows = [dict(dataset=d, score=s / 100, length=0) for d, s in scores.items()]
-  rows += [dict(dataset='lcc', score=0.5, length=0)] * 3  # lcc: (19 + 150) / 4 = 42.25
+  rows = [dict(dataset=d, score=s / 100, terms=[s / 100], length=0) for d, s in scores.items()]
+  rows += [dict(dataset='lcc', score=0.5, terms=[0.5], length=0)] * 3  # lcc: (19 + 150) / 4 = 42.25
   scores['lcc'] = (19 + 150) / 4
   s = longbench.summarise_papers(rows, list(longbench.METRIC), False, 'longllada')
   assert {d: v['score'] for d, v in s['datasets'].items()} == pytest.approx(scores)
@@ -285,6 +288,15 @@ def test_summaries_follow_opencompass_groups_and_each_papers_average():
       sum(v for d, v in scores.items() if d not in zh_only) / 16)
   assert s['averages']['zh'] == pytest.approx(
       sum(v for d, v in scores.items() if d in zh_only | code) / 7)
+  # The count, retrieval and classification evaluators add each reference's share to their
+  # running total: (0.1 + 0.2) + 0.3, not 0.1 + (0.2 + 0.3), which is another float.
+  count = [dict(dataset='passage_count', terms=[0.1], length=0),
+           dict(dataset='passage_count', terms=[0.2, 0.3], length=0)]
+  got = longbench.summarise_papers(count, ['passage_count'], False, 'longllada')
+  assert got['datasets']['passage_count']['score'] == (0.0 + 0.1 + 0.2 + 0.3) / 2 * 100
+  assert (0.0 + 0.1 + 0.2 + 0.3) != 0.1 + (0.2 + 0.3)
+  assert longbench.oc_terms('passage_count', 'It is 3 or 4.', dict(answers=['3', '4'])) == [
+      0.5, 0.5]
   partial = longbench.summarise_papers(rows[:3], list(longbench.METRIC)[:3], False, 'ultrallada')
   assert partial['groups'] == {} and partial['averages']['categories'] is None
   assert partial['paper_avg'] == partial['averages']['questions'] == pytest.approx(1.0)
@@ -302,7 +314,7 @@ def test_protocol_defaults_and_deviations():
   hot = sampler.SamplerConfig(gen_length=64, block_length=64, steps=64, temperature=0.5)
   assert longbench.deviations(longbench.LongBenchConfig(code_sim='difflib'), hot) == [
       "code_sim='difflib' (protocol longllada: 'levenshtein')",
-      'sample.temperature=0.5 (protocol longllada: 0.0)']
+      'config.sample.temperature=0.5 (protocol longllada: 0.0)']
   assert longbench.deviations(longbench.LongBenchConfig(protocol='lladax'), hot) == []
   c = recipe('eval_longbench', '/tmp/unused')
   assert c.longbench.protocol == 'longllada'
@@ -366,3 +378,35 @@ def test_missing_packages_say_how_to_install_them(monkeypatch):
   monkeypatch.setitem(sys.modules, 'jieba', None)
   with pytest.raises(ImportError, match=r"'jieba' package; pip install 'lladax\[eval\]'"):
     metrics.oc_f1_score('北京', ['北京'], 'zh')
+
+
+def test_missing_metric_packages_stop_the_run_before_the_model_loads(tmp_path, monkeypatch):
+  folder = inputs.write(str(tmp_path / 'LongBench'))
+  monkeypatch.setitem(sys.modules, 'rouge', None)
+  c = recipe('eval_longbench', tmp_path / 'run',
+             longbench=dict(data_dir=folder, datasets=('hotpotqa', 'gov_report')))
+  c.checkpoint = str(tmp_path / 'no_checkpoint_here')  # raises only if the model loads first
+  with pytest.raises(ConfigError, match="gov_report's OpenCompass metric needs the 'rouge' "
+                                        r"package.*pip install 'lladax\[eval\]'"):
+    jobs.run(c)
+
+
+def test_a_run_extended_by_datasets_and_limit_keeps_its_cells(tmp_path, monkeypatch):
+  folder = inputs.write(str(tmp_path / 'LongBench'))
+  seen, real = [], oracles.lookup
+  monkeypatch.setattr(oracles, 'lookup', lambda gold: oracles.Oracle(
+      lambda prompt: seen.append(prompt) or real(gold).solve(prompt)))
+
+  def run(**settings):
+    c = recipe('eval_longbench', tmp_path / 'run', longbench=dict(data_dir=folder, **settings))
+    c.eval.oracle = True
+    seen.clear()
+    return jobs.run(c)
+
+  first = run(datasets=('hotpotqa',), limit=1)
+  assert len(seen) == 1 and first['missing'] == []
+  second = run(datasets=('hotpotqa', 'lcc'))
+  assert len(seen) == len(RECORDS['hotpotqa']) - 1 + len(RECORDS['lcc'])
+  assert second['cells'][0] == first['cells'][0]
+  lines = (tmp_path / 'run' / 'longbench_cells.jsonl').read_text().splitlines()
+  assert len(lines) == 1 + len(second['cells'])

@@ -36,10 +36,12 @@ longbench_results.csv and longbench_cells.jsonl (finished samples, for resuming)
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
 import re
+from typing import Callable
 
 from lladax import sampler
 from lladax.config import ConfigError, choice, from_section
@@ -97,7 +99,8 @@ GROUPS = {
     'synthetic': ['passage_count', 'passage_retrieval_en', 'passage_retrieval_zh'],
     'code': ['lcc', 'repobench-p'],
 }
-# No chat template for these (LongBench pred.py), and only the first output line is scored.
+# No chat template for these (LongBench pred.py). Only the first output line is scored (pred.py,
+# and OpenCompass' trec/triviaqa/samsum/lsht postprocessors alike).
 NO_CHAT = ('trec', 'triviaqa', 'samsum', 'lsht', 'lcc', 'repobench-p')
 FIRST_LINE = ('trec', 'triviaqa', 'samsum', 'lsht')
 # samsum also stops at a newline (LongBench adds "\n" to the EOS ids).
@@ -137,7 +140,10 @@ OC_MAX_OUT_LEN = dict(MAX_NEW_TOKENS, qasper=32)
 # the context. trec and lsht keep their answers and classes as the output column 'all_labels'.
 OC_CONTEXT_ONLY = ('gov_report', 'multi_news', 'vcsum', 'passage_count', 'lcc')
 OC_LABELS = ('trec', 'lsht')
-OC_FIRST_LINE = ('trec', 'triviaqa', 'samsum', 'lsht')
+# The evaluators that add a term per reference (the others add the best over the references).
+OC_PER_REFERENCE = ('count', 'retrieval', 'retrieval_zh', 'classification')
+# The packages (the `eval` extra) OpenCompass' evaluators need, by metric.
+OC_PACKAGES = {'qa_f1_zh': ('jieba',), 'rouge': ('rouge',), 'rouge_zh': ('rouge', 'jieba')}
 
 # Category labels of UltraLLaDA's table; OpenCompass' summarizer groups (the same members).
 LABELS = {'single_doc_qa': 'SD', 'multi_doc_qa': 'MD', 'summarization': 'Sum',
@@ -211,13 +217,18 @@ def deviations(cfg: LongBenchConfig, sample: sampler.SamplerConfig) -> list[str]
                longbench_e=False, prompts='', max_new_tokens='', limit=0)
   out += [f'{k}={getattr(cfg, k)!r} (protocol {cfg.protocol}: {v!r})' for k, v in paper.items()
           if getattr(cfg, k) != v]
-  # The wrapper's diffusion_config and LLaDA's generate() (which neither suppresses nor defers
-  # EOS / EoT).
-  wrapper = dict(temperature=0.0, cfg_scale=0.0, remasking='low_confidence', suppress_eos=False,
-                 suppress_eot=False, defer_eos_eot=False)
-  out += [f'sample.{k}={getattr(sample, k)!r} (protocol {cfg.protocol}: {v!r})'
-          for k, v in wrapper.items() if getattr(sample, k, v) != v]
-  return out
+  return out + protocols.sampler_deviations(sample, cfg.protocol)
+
+
+def check_packages(cfg: LongBenchConfig, datasets) -> None:
+  """Before the model loads: the packages the chosen datasets' official metrics need."""
+  if not cfg.papers:
+    return  # lladax's metrics are pure Python
+  for d in datasets:
+    for name in OC_PACKAGES.get(METRIC[d], ()):
+      if importlib.util.find_spec(name) is None:
+        raise ConfigError(f"{d}'s OpenCompass metric needs the {name!r} package, which is not "
+                          "installed; pip install 'lladax[eval]'.")
 
 
 def _json_file(path: str, where: str) -> dict:
@@ -336,9 +347,7 @@ def with_chat_template(dataset: str, prompt: str, cfg: LongBenchConfig) -> str:
 def postprocess(dataset: str, prediction: str) -> str:
   for stop in STOP.get(dataset, ()):
     prediction = prediction.split(stop, 1)[0]
-  if dataset in FIRST_LINE:
-    prediction = prediction.lstrip('\n').split('\n')[0]
-  return prediction
+  return oc_postprocess(dataset, prediction)
 
 
 def score(dataset: str, prediction: str, sample: dict, code_sim: str = 'levenshtein') -> float:
@@ -401,17 +410,10 @@ def drop_middle(ids, max_length: int) -> list[int]:
   return ids[:max_length // 2] + ids[-max_length // 2:]
 
 
-def prompt_ids(generator, tok, generation: protocols.Generation, text: str) -> list[int]:
-  """The prompt's token ids as the model would receive them before truncation."""
-  if isinstance(generator, runner.ModelGenerator):
-    return generator.prompt_ids(text)
-  return tok.encode(text, add_special_tokens=generation.prompt_tokens == 'tokenizer')
-
-
 def oc_postprocess(dataset: str, prediction: str) -> str:
   """trec_postprocess, triviaqa_postprocess, samsum_postprocess, lsht_postprocess: the first line
   after leading newlines; the other datasets score the output as it is."""
-  if dataset in OC_FIRST_LINE:
+  if dataset in FIRST_LINE:
     prediction = prediction.lstrip('\n').split('\n')[0]
   return prediction
 
@@ -434,6 +436,16 @@ def oc_score(dataset: str, prediction: str, sample: dict, code_sim: str = 'leven
   return metrics.oc_code_sim_score(pred, answers, code_sim)
 
 
+def oc_terms(dataset: str, prediction: str, sample: dict,
+             code_sim: str = 'levenshtein') -> list[float]:
+  """What the dataset's evaluator adds to its running total for this sample, in its order: one
+  term per reference for count, retrieval and classification, else one (the best)."""
+  if METRIC[dataset] not in OC_PER_REFERENCE:
+    return [oc_score(dataset, prediction, sample, code_sim)]
+  return [oc_score(dataset, prediction, dict(sample, answers=[r]), code_sim)
+          for r in sample['answers']]
+
+
 def _mean_if_complete(values: dict, members) -> float | None:
   return runner.mean(values[m] for m in members) if all(m in values for m in members) else None
 
@@ -447,7 +459,8 @@ def summarise_papers(rows: list[dict], datasets: list[str], longbench_e: bool,
     mine = [r for r in rows if r['dataset'] == d]
     total = 0.0
     for r in mine:
-      total += r['score']
+      for term in r['terms']:
+        total += term  # term by term, as the evaluator adds: the same float to the last bit
     per[d] = {'score': total / len(mine) * 100, 'n': len(mine)}
     if longbench_e:
       per[d]['buckets'] = _buckets(mine)
@@ -472,6 +485,73 @@ def summarise_papers(rows: list[dict], datasets: list[str], longbench_e: bool,
 # The job
 
 
+@dataclasses.dataclass
+class Inputs:
+  """What a run reads before the model loads: the datasets with files, their prompt templates,
+  output budgets and records, and those asked for that have no file."""
+  datasets: list[str]
+  templates: dict[str, str]
+  budgets: dict[str, int]
+  samples: dict[str, list[dict]]
+  missing: list[str]
+
+
+def read_inputs(cfg: LongBenchConfig) -> Inputs:
+  files = dataset_files(cfg)
+  templates = dict(OC_PROMPTS if cfg.papers else PROMPTS,
+                   **(_json_file(cfg.prompts, 'config.longbench.prompts') if cfg.prompts else {}))
+  budgets = dict(OC_MAX_OUT_LEN if cfg.papers else MAX_NEW_TOKENS,
+                 **(_json_file(cfg.max_new_tokens, 'config.longbench.max_new_tokens')
+                    if cfg.max_new_tokens else {}))
+  check_packages(cfg, files)
+  samples = {d: read_samples(p, cfg.limit, d, required_keys(d, templates[d]))
+             for d, p in files.items()}
+  return Inputs(list(files), templates, budgets, samples,
+                [d for d in (cfg.datasets or METRIC) if d not in files])
+
+
+def papers_compute(cfg: LongBenchConfig, inputs: Inputs, generator, tok, generation, decode,
+                   gold: dict | None) -> Callable:
+  """compute(dataset, chosen samples, seed) under the papers' protocols: OpenCompass' prompt,
+  the wrapper's drop_middle on token ids, the evaluator's terms."""
+
+  def compute(dataset, chosen, seed):
+    texts = [with_chat_template(dataset, oc_prompt(dataset, s, inputs.templates[dataset]), cfg)
+             for s in chosen]
+    full = [runner.prompt_ids(generator, tok, generation, t) for t in texts]
+    kept = [drop_middle(ids, cfg.prompt_length) for ids in full]
+    if hasattr(generator, 'generate_ids'):
+      preds = generator.generate_ids(kept, decode(dataset), seed=seed)
+    else:  # an oracle or a text-only generator: the kept ids as text
+      shown = [tok.decode(ids) for ids in kept]
+      if gold is not None:
+        gold.update({t: (s['answers'] or [''])[0] for t, s in zip(shown, chosen)})
+      preds = generator.generate(shown, decode(dataset), seed=seed)
+    out = []
+    for p, s, f, k in zip(preds, chosen, full, kept):
+      terms = oc_terms(dataset, p, s, cfg.code_sim)
+      out.append(dict(prediction=p, score=sum(terms), terms=terms, prompt_tokens=len(f),
+                      kept_tokens=len(k)))
+    return out
+
+  return compute
+
+
+def lladax_compute(cfg: LongBenchConfig, inputs: Inputs, generator, tok, decode,
+                   gold: dict | None) -> Callable:
+  """compute(dataset, chosen samples, seed) under lladax's reading of THUDM/LongBench."""
+
+  def compute(dataset, chosen, seed):
+    prompts = [build_prompt(dataset, s, inputs.templates[dataset], tok, cfg) for s in chosen]
+    if gold is not None:
+      gold.update({p: (s['answers'] or [''])[0] for p, s in zip(prompts, chosen)})
+    preds = generator.generate(prompts, decode(dataset), seed=seed)
+    return [dict(prediction=p, score=score(dataset, p, s, cfg.code_sim)) for p, s in
+            zip(preds, chosen)]
+
+  return compute
+
+
 def run(config, generator: runner.Generator | None = None) -> dict:
   """The eval_longbench job; `generator` replaces the model (tests). With config.eval.oracle
   every prompt is answered with its first gold answer, which scores 100 on every metric where
@@ -479,66 +559,34 @@ def run(config, generator: runner.Generator | None = None) -> dict:
   cfg = from_section(LongBenchConfig, config.get('longbench'), 'config.longbench')
   ecfg = runner.eval_config(config)
   paths = runner.output_paths(config, ecfg, 'longbench')
-  files = dataset_files(cfg)
-  templates = dict(OC_PROMPTS if cfg.papers else PROMPTS,
-                   **(_json_file(cfg.prompts, 'config.longbench.prompts') if cfg.prompts else {}))
-  budgets = dict(OC_MAX_OUT_LEN if cfg.papers else MAX_NEW_TOKENS,
-                 **(_json_file(cfg.max_new_tokens, 'config.longbench.max_new_tokens')
-                    if cfg.max_new_tokens else {}))
-  samples = {d: read_samples(p, cfg.limit, d, required_keys(d, templates[d]))
-             for d, p in files.items()}
-  datasets = list(files)
-  gold: dict[str, str] = {}
+  inputs = read_inputs(cfg)
+  gold: dict[str, str] | None = {} if ecfg.oracle else None  # prompt -> first answer
   generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.lookup(gold),
                                       protocol=cfg.protocol)
   generation = runner.generation_of(info)
-  bench_deviations = deviations(cfg, sampler.from_config(config))
-  if bench_deviations:
-    logging.warning('LongBench protocol %s, with deviations: %s', cfg.protocol,
-                    '; '.join(bench_deviations))
+  info = runner.note_deviations(info, deviations(cfg, sampler.from_config(config)), 'LongBench')
 
   def decode(dataset):
     return runner.sampler_settings(config, generation, **runner.decode_settings(
-        budgets[dataset], cfg.block_length, cfg.steps, 'config.longbench'))
+        inputs.budgets[dataset], cfg.block_length, cfg.steps, 'config.longbench'))
 
-  settings = dict(info, deviations=info['deviations'] + bench_deviations,
-                  data_dir=os.path.abspath(cfg.data_dir), max_length=cfg.prompt_length,
+  # What every dataset shares, whichever ran: a run extended by datasets or by `limit` keeps
+  # its header and its finished cells.
+  settings = dict(info, data_dir=os.path.abspath(cfg.data_dir), max_length=cfg.prompt_length,
                   chat_template=cfg.chat_template, longbench_e=cfg.longbench_e,
                   code_sim=cfg.code_sim, prompts=cfg.prompts or 'built-in',
                   max_new_tokens=cfg.max_new_tokens or 'built-in',
-                  missing=[d for d in (cfg.datasets or METRIC) if d not in files],
-                  sampler={d: dataclasses.asdict(decode(d)) for d in datasets})
+                  sampler={d: dataclasses.asdict(decode(d)) for d in METRIC})
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
-  cells = [dict(dataset=d, index=i) for d in datasets for i in range(len(samples[d]))]
-
-  def compute_lladax(dataset, chosen, seed):
-    prompts = [build_prompt(dataset, s, templates[dataset], tok, cfg) for s in chosen]
-    if ecfg.oracle:
-      gold.update({p: (s['answers'] or [''])[0] for p, s in zip(prompts, chosen)})
-    preds = generator.generate(prompts, decode(dataset), seed=seed)
-    return [dict(prediction=p, score=score(dataset, p, s, cfg.code_sim)) for p, s in
-            zip(preds, chosen)]
-
-  def compute_papers(dataset, chosen, seed):
-    texts = [with_chat_template(dataset, oc_prompt(dataset, s, templates[dataset]), cfg)
-             for s in chosen]
-    full = [prompt_ids(generator, tok, generation, t) for t in texts]
-    kept = [drop_middle(ids, cfg.prompt_length) for ids in full]
-    if hasattr(generator, 'generate_ids'):
-      preds = generator.generate_ids(kept, decode(dataset), seed=seed)
-    else:  # an oracle or a text-only generator: the kept ids as text
-      shown = [tok.decode(ids) for ids in kept]
-      if ecfg.oracle:
-        gold.update({t: (s['answers'] or [''])[0] for t, s in zip(shown, chosen)})
-      preds = generator.generate(shown, decode(dataset), seed=seed)
-    return [dict(prediction=p, score=oc_score(dataset, p, s, cfg.code_sim),
-                 prompt_tokens=len(f), kept_tokens=len(k))
-            for p, s, f, k in zip(preds, chosen, full, kept)]
+  cells = [dict(dataset=d, index=i) for d in inputs.datasets
+           for i in range(len(inputs.samples[d]))]
+  compute_for = (papers_compute(cfg, inputs, generator, tok, generation, decode, gold)
+                 if cfg.papers else lladax_compute(cfg, inputs, generator, tok, decode, gold))
 
   def compute(batch):
     dataset = batch[0]['dataset']
-    chosen = [samples[dataset][c['index']] for c in batch]
-    out = (compute_papers if cfg.papers else compute_lladax)(dataset, chosen, batch[0]['index'])
+    chosen = [inputs.samples[dataset][c['index']] for c in batch]
+    out = compute_for(dataset, chosen, batch[0]['index'])
     return [dict(r, length=s.get('length'), id=s.get('_id')) for r, s in zip(out, chosen)]
 
   try:
@@ -547,9 +595,10 @@ def run(config, generator: runner.Generator | None = None) -> dict:
   finally:
     store.close()
   rows = [dict(c, **store.get(c)) for c in cells]
-  summary = (summarise_papers(rows, datasets, cfg.longbench_e, cfg.protocol) if cfg.papers
-             else summarise(rows, datasets, cfg.longbench_e))
-  result = dict(job='eval_longbench', **settings, **summary, cells=rows)
+  summary = (summarise_papers(rows, inputs.datasets, cfg.longbench_e, cfg.protocol)
+             if cfg.papers else summarise(rows, inputs.datasets, cfg.longbench_e))
+  result = dict(job='eval_longbench', **settings, missing=inputs.missing, limit=cfg.limit,
+                **summary, cells=rows)
   runner.write_json(paths['json'], result)
   runner.write_csv(paths['csv'], [dict(dataset=d, metric=METRIC[d], n=v['n'], score=v['score'])
                                   for d, v in summary['datasets'].items()])
