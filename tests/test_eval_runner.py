@@ -44,10 +44,23 @@ def test_run_cells_skips_finished_cells_and_never_mixes_groups(tmp_path):
     batches.append([(c['length'], c['i']) for c in batch])
     return [{'v': c['i']} for c in batch]
 
-  runner.run_cells(cells, store, compute, 3, 'test', group=lambda c: c['length'])
+  rows = runner.run_cells(cells, store, compute, 3, 'test', group=lambda c: c['length'])
   assert batches == [[(10, 0), (10, 2), (10, 3)], [(10, 4)], [(20, 0), (20, 1), (20, 2)],
                      [(20, 3), (20, 4)]]
   assert store.get(cells[1]) == {'v': -1} and len(store) == 10
+  assert rows[:2] == [{'length': 10, 'i': 0, 'v': 0}, {'length': 10, 'i': 1, 'v': -1}]
+  assert store._file.closed  # pylint: disable=protected-access
+
+
+def test_run_cells_closes_the_store_when_a_batch_fails(tmp_path):
+  store = runner.ResultStore(str(tmp_path / 'c.jsonl'), {})
+
+  def compute(batch):
+    raise RuntimeError('out of memory')
+
+  with pytest.raises(RuntimeError):
+    runner.run_cells([{'i': 0}], store, compute, 1, 'test')
+  assert store._file.closed  # pylint: disable=protected-access
 
 
 def test_bucket_and_decode_settings():

@@ -589,12 +589,8 @@ def run(config, generator: runner.Generator | None = None) -> dict:
     out = compute_for(dataset, chosen, batch[0]['index'])
     return [dict(r, length=s.get('length'), id=s.get('_id')) for r, s in zip(out, chosen)]
 
-  try:
-    runner.run_cells(cells, store, compute, ecfg.batch_size, 'longbench',
-                     group=lambda c: c['dataset'])
-  finally:
-    store.close()
-  rows = [dict(c, **store.get(c)) for c in cells]
+  rows = runner.run_cells(cells, store, compute, ecfg.batch_size, 'longbench',
+                          group=lambda c: c['dataset'])
   summary = (summarise_papers(rows, inputs.datasets, cfg.longbench_e, cfg.protocol)
              if cfg.papers else summarise(rows, inputs.datasets, cfg.longbench_e))
   result = dict(job='eval_longbench', **settings, missing=inputs.missing, limit=cfg.limit,

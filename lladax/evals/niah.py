@@ -495,11 +495,9 @@ def cells(cfg: NiahConfig) -> list[dict]:
           for d in cfg.resolved('depths')]
 
 
-def summarise(cfg: NiahConfig, store: runner.ResultStore) -> dict:
+def summarise(cfg: NiahConfig, rows: list[dict]) -> dict:
   lengths = sorted(int(l) for l in cfg.resolved('lengths'))
   depths = [float(d) for d in cfg.resolved('depths')]
-  all_cells = cells(cfg)
-  rows = [dict(c, **store.get(c)) for c in all_cells]
   if cfg.paper:
     return dict(lengths=lengths, depths=depths, repeats=cfg.resolved('repeats'),
                 **paper_summary(rows, lengths, depths), cells=rows)
@@ -606,12 +604,9 @@ def run(config, generator: runner.Generator | None = None) -> dict:
                  prompt_tokens=_prompt_tokens(cfg, generator, tok, generation, b['prompt']))
             for b, pred in zip(built, preds)]
 
-  try:
-    runner.run_cells(cells(cfg), store, compute, ecfg.batch_size, 'niah',
-                     group=lambda c: c['length'])
-  finally:
-    store.close()
-  summary = summarise(cfg, store)
+  rows = runner.run_cells(cells(cfg), store, compute, ecfg.batch_size, 'niah',
+                          group=lambda c: c['length'])
+  summary = summarise(cfg, rows)
   result = dict(job='eval_niah', **settings, grid_preset=cfg.grid_name, **summary)
   runner.write_json(paths['json'], result)
   fields = ('length', 'depth', 'repeat', 'score') + (() if cfg.paper else ('exact',)) + (

@@ -167,10 +167,7 @@ def run(config, scorer: runner.ModelScorer | None = None, tok=None) -> dict:
       out.append({'loss': loss, 'end': (i + 1) * c})
     return out
 
-  try:
-    runner.run_cells(cells, store, compute, 1, 'ppl')
-  finally:
-    store.close()
+  runner.run_cells(cells, store, compute, 1, 'ppl')
   curves, values = {}, {}
   for e in cfg.estimators:
     losses = {c['chunk']: store.get(c)['loss'] for c in cells if c['estimator'] == e}

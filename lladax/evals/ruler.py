@@ -247,12 +247,8 @@ def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> 
                       score=score(metrics.ruler_postprocess(pred), sample.answers)))
     return out
 
-  try:
-    runner.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
-                     group=lambda c: (c['task'], c['length']))
-  finally:
-    store.close()
-  rows = [dict(c, **store.get(c)) for c in cells]
+  rows = runner.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
+                          group=lambda c: (c['task'], c['length']))
   summary = summarise(tasks, lengths, rows)
   return finish(paths, dict(job='eval_ruler', **settings, files=files(cfg), tasks=tasks,
                             lengths=lengths, samples=cfg.samples, not_run=cfg.not_run(), **summary,
@@ -387,13 +383,8 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
                       score=100 * m))
     return out
 
-  cells = cells_of(cfg, tasks, lengths)
-  try:
-    runner.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
-                     group=lambda c: (c['task'], c['length']))
-  finally:
-    store.close()
-  rows = [dict(c, **store.get(c)) for c in cells]
+  rows = runner.run_cells(cells_of(cfg, tasks, lengths), store, compute, ecfg.batch_size,
+                          'ruler', group=lambda c: (c['task'], c['length']))
   scores = {t: {str(l): oc.task_score([r['match'] for r in rows
                                        if r['task'] == t and r['length'] == l])
                 for l in lengths} for t in tasks}

@@ -411,9 +411,11 @@ class ResultStore:
 
 
 def run_cells(cells: Sequence[dict], store: ResultStore, compute: Callable[[list[dict]], list],
-              batch_size: int, desc: str, group: Callable[[dict], Any] = lambda c: None) -> None:
+              batch_size: int, desc: str,
+              group: Callable[[dict], Any] = lambda c: None) -> list[dict]:
   """Computes every cell the store lacks, `batch_size` at a time (a batch never mixes groups,
-  e.g. context lengths), with a progress bar whose ETA counts only the remaining cells."""
+  e.g. context lengths), with a progress bar whose ETA counts only the remaining cells; closes
+  the store however it ends and returns every cell with its result."""
   todo = [c for c in cells if c not in store]
   bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit='cell',
              dynamic_ncols=True)
@@ -429,6 +431,8 @@ def run_cells(cells: Sequence[dict], store: ResultStore, compute: Callable[[list
         batch = []
   finally:
     bar.close()
+    store.close()
+  return [dict(c, **store.get(c)) for c in cells]
 
 
 def output_paths(config, ecfg: EvalConfig, job: str) -> dict[str, str]:
