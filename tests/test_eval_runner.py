@@ -3,10 +3,11 @@ interfaces (batched generation with left padding, tail cross-entropy)."""
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from lladax import diffusion, model as model_lib, sampler
+from lladax import diffusion, model as model_lib, model_config, sampler
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import runner
@@ -160,3 +161,21 @@ def test_an_eval_job_refuses_the_sample_sections_mask_prediction():
   scfg = runner.sampler_settings(c, protocols.GENERATION['longllada'], gen_length=32,
                                  block_length=32, steps=32)
   assert scfg.mask_prediction == 'allow'
+
+
+def test_the_recipes_compute_settings_reach_the_loaded_model():
+  # attention_options and remat_policy were dropped on the way to the checkpoint's model; and a
+  # kernel other than the checkpoint's must not inherit the checkpoint's kernel options.
+  saved = model_config.ModelConfig(attention_kernel='ring',
+                                   attention_options=('step_kernel=blockwise',))
+  recipe_ = ml_collections.ConfigDict({'model': dict(
+      attention_kernel='blockwise', attention_options=('block_q=64',), remat_policy='none',
+      dtype='float32')})
+  overrides = runner._compute_overrides  # pylint: disable=protected-access
+  got = overrides(recipe_, saved)
+  assert got == dict(attention_kernel='blockwise', attention_options=('block_q=64',),
+                     remat_policy='none', dtype='float32')
+  recipe_.model.attention_options = ()
+  assert overrides(recipe_, saved)['attention_options'] == ()
+  same = ml_collections.ConfigDict({'model': dict(attention_kernel='ring')})
+  assert 'attention_options' not in overrides(same, saved)

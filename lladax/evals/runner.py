@@ -83,27 +83,33 @@ def load_tokenizer(config, meta: dict | None) -> tokenizers.Tokenizer:
   return tokenizers.load(tcfg, meta)
 
 
-def _compute_overrides(config) -> dict:
-  """How the recipe asks the network to run; its shape always comes from the checkpoint."""
+def _compute_overrides(config, saved: model_config.ModelConfig) -> dict:
+  """How the recipe asks the network to run (the compute settings it sets); the shape always
+  comes from the checkpoint. Attention options belong to a kernel: a recipe that picks another
+  kernel than the checkpoint's runs it with the recipe's options, not the checkpoint's."""
   section = config.get('model') or {}
-  out = {}
-  for name in ('dtype', 'param_dtype', 'attention_kernel'):
-    if name in section and section[name]:
-      out[name] = section[name]
+  out = {name: section[name] for name in model_config.COMPUTE_FIELDS
+         if name in section and section[name] not in (None, '', ())}
+  if 'attention_options' in out:
+    out['attention_options'] = tuple(out['attention_options'])
+  if out.get('attention_kernel', saved.attention_kernel) != saved.attention_kernel:
+    out.setdefault('attention_options', ())
   return out
 
 
-def load(config) -> tuple[Any, tokenizers.Tokenizer, dict]:
+def load(config, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
   """(model, tokenizer, info) for `config.checkpoint` with `config.rope`'s rule applied to the
-  checkpoint's own base; `info` is what every results file records about the model."""
+  checkpoint's own base; `info` is what every results file records about the model.
+  oracle: whether the job has an oracle to offer instead when the checkpoint is missing."""
   if not config.get('checkpoint'):
+    instead = (', or --config.eval.oracle=True to check the pipeline without a model'
+               if oracle else '')
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR (a model folder '
-                      'from the train or convert job), or --config.eval.oracle=True to check the '
-                      'pipeline without a model.')
+                      f'from the train or convert job){instead}.')
   saved = checkpoint.read_config(config.checkpoint)[0]
   rope_cfg = from_section(model_config.RopeConfig, config.get('rope'), 'config.rope')
   model, meta = checkpoint.load_with_rope(config.checkpoint, rope_cfg,
-                                          **_compute_overrides(config))
+                                          **_compute_overrides(config, saved))
   tok = load_tokenizer(config, meta)
   cfg = model.cfg
   info = {
