@@ -6,6 +6,9 @@ library code receives plain values and a typo in a recipe fails at start-up, not
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import numbers
 import typing
 from typing import Any, Mapping
 
@@ -49,16 +52,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
       raise ConfigError(f'{where} must be a list or tuple, got {value!r}')
     inner = args[0] if args else Any
     return tuple(_coerce(v, inner, f'{where}[{i}]') for i, v in enumerate(value))
+  # numbers.* so that NumPy scalars count as the numbers they are.
   if annotation is float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
       raise ConfigError(f'{where} must be a number, got {value!r}')
-    return float(value)
+    return value if type(value) is float else float(value)
   if annotation is int:
-    if isinstance(value, bool) or not isinstance(value, int):
-      if isinstance(value, float) and value.is_integer():
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      if isinstance(value, numbers.Real) and float(value).is_integer():
         return int(value)
       raise ConfigError(f'{where} must be an integer, got {value!r}')
-    return value
+    return value if type(value) is int else int(value)
   if annotation is bool:
     if not isinstance(value, bool):
       raise ConfigError(f'{where} must be True or False, got {value!r}')
@@ -68,6 +72,23 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
       raise ConfigError(f'{where} must be a string, got {value!r}')
     return value
   return value
+
+
+@functools.cache
+def _hints(cls) -> dict:
+  return typing.get_type_hints(cls)
+
+
+def check_types(obj, where: str) -> None:
+  """Refuses fields of dataclass `obj` whose values do not match their annotations, and stores
+  the accepted conversions (int to float, list to tuple); call it first in __post_init__, so that
+  a settings file written by hand ("n_heads": "4") fails as one sentence naming the field."""
+  hints = _hints(type(obj))
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    coerced = _coerce(value, hints[f.name], f'{where}.{f.name}')
+    if coerced is not value:
+      object.__setattr__(obj, f.name, coerced)  # frozen dataclasses too
 
 
 def from_section(cls, section: Any, where: str):
@@ -82,7 +103,7 @@ def from_section(cls, section: Any, where: str):
     raise ConfigError(
         f'{where}.{unknown[0]} is not a known setting; known settings are: '
         f'{", ".join(sorted(fields))}.')
-  hints = typing.get_type_hints(cls)
+  hints = _hints(cls)
   kwargs = {}
   for name, value in values.items():
     kwargs[name] = _coerce(value, hints[name], f'{where}.{name}')
@@ -96,3 +117,38 @@ def choice(value: str, options, where: str) -> str:
   if value not in options:
     raise ConfigError(f'{where}={value!r} is not one of {", ".join(map(repr, options))}.')
   return value
+
+
+def _is_section(node) -> bool:
+  return hasattr(node, 'keys') and not isinstance(node, str)
+
+
+def _unknown(where: str, key: str, node, recipe: str, path: str,
+             hints: Mapping[str, str]) -> ConfigError:
+  """The sentence for `key`, which section `where` of recipe `recipe` does not have."""
+  if where == 'config' and key in hints:
+    return ConfigError(f'{recipe} has no config.{key} section, so --config.{path} has nothing '
+                       f'to set; add c.{key} = presets.section({hints[key]}) to the recipe.')
+  close = difflib.get_close_matches(key, list(node.keys()), n=1)
+  if close:
+    return ConfigError(f'{where}.{key} is not a setting of {recipe}; did you mean '
+                       f'{where}.{close[0]}?')
+  return ConfigError(f'{where}.{key} is not a setting of {recipe}; {where} has '
+                     f'{", ".join(sorted(node.keys()))}.')
+
+
+def check_override(config, path: str, recipe: str,
+                   section_hints: Mapping[str, str] | None = None) -> None:
+  """ConfigError when `--config.<path>` names no setting of `config`, the recipe `recipe`.
+
+  section_hints: top-level section name -> the dataclass a recipe builds it from
+  ('sharding.MeshConfig'), so a section the recipe lacks is named with how to add it.
+  """
+  node, where = config, 'config'
+  for key in path.split('.'):
+    if not _is_section(node):
+      raise ConfigError(f'{where} is a setting, not a section, so --config.{path} cannot be set; '
+                        f'set --config.{where[len("config."):]} itself.')
+    if key not in node:
+      raise _unknown(where, key, node, recipe, path, section_hints or {})
+    node, where = node[key], f'{where}.{key}'

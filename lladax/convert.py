@@ -6,9 +6,12 @@
 or `convert(source, output)` from Python. Nothing in the checkpoint is executed: config.json is
 read as JSON, safetensors shards through their header and byte offsets, `.bin` shards only with
 torch.load(weights_only=True). Everything is checked (config fields, tensor names, shapes, dtypes,
-shard sizes) before anything is written. Parameters are then written one storage chunk (at most
-one layer) at a time straight from the shards, so host memory stays at a few tensors however
-large the model; they keep the checkpoint's dtype on disk and are cast to `param_dtype` at load.
+shard sizes, the safetensors library's header checks) before anything is written. Parameters are
+then written one storage chunk (at most one layer) at a time straight from the shards, so host
+memory stays at a few tensors however large the model; they keep the checkpoint's dtype on disk
+and are cast to `param_dtype` at load. A NaN or Inf weight stops the conversion as it is read.
+The output must not overlap the source, and `overwrite` replaces only a lladax model directory,
+removing the old one only once the new one is complete (checkpoint.staging).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import time
 
 import ml_dtypes
 import numpy as np
+import safetensors
 
 from lladax import checkpoint, hf_params
 from lladax.config import ConfigError, from_section
@@ -72,20 +76,17 @@ class SafetensorsShard:
                           'again.') from None
     self.data_start = 8 + n
     self.tensors = {}  # name -> (dtype name, shape, begin, end)
-    for name, entry in header.items():
-      if name == '__metadata__':
-        continue
-      begin, end = entry['data_offsets']
+    # Truncation, the likeliest damage, in words; then everything else the library checks.
+    for name, end in _ends(header):
       if self.data_start + end > size:
         raise ConfigError(f'{path} is truncated: tensor {name} ends at byte '
                           f'{self.data_start + end} but the file has {size} bytes; download the '
                           'shard again.')
-      dtype = SAFETENSORS_DTYPES.get(entry['dtype'])
-      if dtype is not None and end - begin != int(np.prod(entry['shape'])) * dtype.itemsize:
-        raise ConfigError(f'{path}: tensor {name} occupies {end - begin} bytes, not the '
-                          f'{int(np.prod(entry["shape"])) * dtype.itemsize} its shape and dtype '
-                          'need; the shard is corrupt, download it again.')
-      self.tensors[name] = (entry['dtype'], tuple(entry['shape']), begin, end)
+    _check_with_safetensors(path)
+    for name, entry in header.items():
+      if name != '__metadata__':
+        begin, end = entry['data_offsets']
+        self.tensors[name] = (entry['dtype'], tuple(entry['shape']), begin, end)
 
   def dtype(self, name: str) -> str:
     return self.tensors[name][0]
@@ -111,6 +112,28 @@ class SafetensorsShard:
                             'truncated, download it again.')
         done += got
     return buf.view(dtype).reshape((stop - start,) + tuple(shape[1:]) if shape else ())
+
+
+def _ends(header) -> list[tuple[str, int]]:
+  """(tensor, end offset) for each well-formed entry of a safetensors header."""
+  out = []
+  for name, entry in (header.items() if isinstance(header, dict) else ()):
+    offsets = entry.get('data_offsets') if isinstance(entry, dict) else None
+    if name != '__metadata__' and isinstance(offsets, list) and offsets and isinstance(
+        offsets[-1], int):
+      out.append((name, offsets[-1]))
+  return out
+
+
+def _check_with_safetensors(path: str) -> None:
+  """The safetensors library's own header checks (offsets in order, inside the file, covering it
+  exactly, sized by shape and dtype), so the byte ranges read later are the tensors' own."""
+  try:
+    with safetensors.safe_open(path, framework='numpy'):
+      pass
+  except safetensors.SafetensorError as e:
+    raise ConfigError(f'{path} fails the safetensors header checks ({e}); the shard is corrupt, '
+                      'download it again.') from None
 
 
 class TorchBinShard:
@@ -204,7 +227,14 @@ class Source:
     return self.shards[self.location[name]].shape(name)
 
   def read(self, name: str, rows: slice | None = None) -> np.ndarray:
-    return self.shards[self.location[name]].read(name, rows)
+    shard = self.shards[self.location[name]]
+    values = shard.read(name, rows)
+    # Checked here, on the values being written, because a NaN would load silently and surface
+    # only as a NaN loss.
+    if not np.isfinite(values).all():
+      raise ConfigError(f'{shard.path}: tensor {name} holds NaN or Inf values, so the checkpoint '
+                        'is broken; download it again or convert one whose weights are finite.')
+    return values
 
 
 def check_tensors(source: Source, expected: dict[str, tuple[int, ...]], dtype: str) -> None:
@@ -291,6 +321,7 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
   """Converts the HF LLaDA checkpoint directory `source` into the lladax model directory `output`
   (loadable with lladax.checkpoint.load_model); returns the output path."""
   start = time.perf_counter()
+  checkpoint.refuse_overlap(source, output, 'config.convert.source', 'config.convert.output')
   config_file = os.path.join(source, 'config.json')
   if not os.path.exists(config_file):
     raise ConfigError(f'{source} has no config.json; point config.convert.source at a Hugging '
@@ -326,7 +357,8 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
                     source, TOKENIZER_FILE)
   logging.info('converting %s parameters (%s) from %s', f'{cfg.num_params():,}', stored,
                src.where)
-  path = checkpoint.save_streamed(output, cfg, params, extra, files, overwrite)
+  path = checkpoint.save_streamed(output, cfg, params, extra, files, overwrite,
+                                  setting='config.convert.overwrite')
   logging.info('wrote %s in %.1f s', path, time.perf_counter() - start)
   return path
 

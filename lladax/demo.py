@@ -30,13 +30,16 @@ def evaluate(model, tok, scfg, n_pairs: int, needle: str, n: int, seed: int) -> 
 def run(config) -> dict:
   scfg = sampler.from_config(config)
   result = train.run(config)
-  first, last = result['history'][0], result['history'][-1]
+  if result['stopped_early']:
+    return result  # a checkpoint to resume from, no model to show yet
   report = evaluate(result['model'], result['tokenizer'], scfg, config.data.n_pairs,
                     config.data.needle, config.get('demo_eval_examples', 256), config.seed + 1)
-  report.update(first_loss=first['loss'], last_loss=last['loss'],
-                steps=last['step'], tokens_per_second=last['tokens_per_second'])
-  print(f'\nloss {first["loss"]:.3f} (step {first["step"]}) -> {last["loss"]:.3f} '
-        f'(step {last["step"]})')
+  if result['history']:  # empty when the workdir's training had already finished
+    first, last = result['history'][0], result['history'][-1]
+    report.update(first_loss=first['loss'], last_loss=last['loss'],
+                  steps=last['step'], tokens_per_second=last['tokens_per_second'])
+    print(f'\nloss {first["loss"]:.3f} (step {first["step"]}) -> {last["loss"]:.3f} '
+          f'(step {last["step"]})')
   for s in report['samples']:
     mark = 'ok ' if s['generated'].strip() == s['answer'] else 'no '
     print(f'  {mark} {s["prompt"]}{s["generated"]!r:8} (want {s["answer"]})')

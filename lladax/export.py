@@ -147,6 +147,10 @@ def export(checkpoint_dir: str, output: str, dtype: str = '',
   if copy_from and not os.path.isdir(copy_from):
     raise ConfigError(f'config.export.copy_from={copy_from} is not a directory; pass the '
                       'original Hugging Face checkpoint folder or leave it empty.')
+  checkpoint.refuse_overlap(checkpoint_dir, output, 'config.checkpoint', 'config.export.output')
+  if copy_from:
+    checkpoint.refuse_overlap(copy_from, output, 'config.export.copy_from',
+                              'config.export.output')
   cfg, meta = checkpoint.read_config(checkpoint_dir)
   stores = checkpoint.open_params(checkpoint_dir)
   for name, shape in hf_params.param_shapes(cfg).items():
@@ -166,7 +170,8 @@ def export(checkpoint_dir: str, output: str, dtype: str = '',
     tensors += _hf_tensors(name, stores[name], out_dtype)
   hf = hf_params.config_to_hf(cfg, DTYPE_NAMES[tensors[0][2]], _template(copy_from, meta))
   shards = _shards(tensors, max_shard_bytes)
-  with checkpoint.staging(output, overwrite) as tmp:
+  with checkpoint.staging(output, overwrite, marker='config.json',
+                          setting='config.export.overwrite') as tmp:
     if copy_from:
       for file in sorted(os.listdir(copy_from)):
         src = os.path.join(copy_from, file)

@@ -1,16 +1,19 @@
 """The one entry point: `python -m lladax.main --config configs/X.py [--config.a.b=value ...]`.
 
-Reads the recipe and runs the job that `config.job` names; nothing else happens here.
+Reads the recipe and runs the job that `config.job` names. A mistake the user can fix (a setting
+the recipe lacks, a ConfigError, a full disk) ends as one `lladax: ...` line and exit code 2.
 """
+import errno
 import logging
 import os
+import re
 import sys
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
-from lladax import jobs, sharding
-from lladax.config import ConfigError
+from lladax import jobs, sharding, train_checkpoint
+from lladax.config import ConfigError, check_override
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe file from configs/.')
 
@@ -33,6 +36,76 @@ def _join_other_processes():
     sharding.multihost_init()
 
 
+def _fail(message: str):
+  print(f'lladax: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _recipe(argv) -> str | None:
+  """The value of --config FILE[:ARG] / --config=FILE[:ARG] in argv."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(('--config=', '-config=')):
+      return arg.split('=', 1)[1]
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _overrides(argv) -> list[str]:
+  """The dotted paths of --config.a.b=value (and --[no]config.a.b) in argv, in order."""
+  paths = []
+  for arg in argv:
+    match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
+    if match:
+      paths.append(match.group(1))
+  return paths
+
+
+def _check_overrides(argv) -> None:
+  """ConfigError naming the first --config.a.b that the recipe lacks (ml_collections raises a
+  KeyError with a traceback for it while absl parses the flags)."""
+  recipe = _recipe(argv)
+  config = flags.FLAGS['config'].parser.parse(recipe)   # the recipe as the flag loads it
+  for path in _overrides(argv):
+    check_override(config, path, recipe.split(':', 1)[0], jobs.section_hints())
+
+
+def parse_flags(argv):
+  """absl's flag parsing with the user's mistakes as one lladax line: a missing recipe file, a
+  setting the recipe lacks, a value of the wrong type."""
+  recipe = (_recipe(argv) or '').split(':', 1)[0]
+  if recipe and not os.path.isfile(recipe):
+    _fail(f'the recipe {recipe} does not exist; pass a recipe file, e.g. --config configs/demo.py.')
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}; settings go as --config.section.key=value, with a value of its type.')
+  except (KeyError, AttributeError):
+    try:
+      _check_overrides(argv)
+    except ConfigError as e:
+      _fail(str(e))
+    raise   # not an override the recipe lacks: the traceback is the report
+
+
+def _disk_full(error: BaseException) -> OSError | None:
+  """The ENOSPC (or quota) OSError behind `error`, however a library wrapped it."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _disk_full_message(error: OSError, workdir: str) -> str:
+  # A failed write() on an open file carries no name; the workdir is where the job writes.
+  where = error.filename or (f'a file in {workdir}' if workdir else 'an output file')
+  return (f'the disk is full: {where} could not be written ({error.strerror}); free space there '
+          'or pass another --config.workdir, then rerun the same command.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; settings go as --config.a.b=value')
@@ -41,15 +114,23 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   _quiet_libraries()
   _join_other_processes()
+  config = _CONFIG.value
   try:
-    jobs.run(_CONFIG.value)
+    result = jobs.run(config)
   except ConfigError as e:
-    print(f'lladax: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    full = _disk_full(e)
+    if full is None:
+      raise
+    _fail(_disk_full_message(full, config.get('workdir') or ''))
+  if isinstance(result, dict) and result.get('stopped_early'):
+    # Stopped by SIGTERM with a checkpoint to resume from: not a success, for a scheduler.
+    sys.exit(train_checkpoint.EXIT_STOPPED)
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

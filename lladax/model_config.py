@@ -7,8 +7,8 @@ import logging
 import jax.numpy as jnp
 
 from lladax import rope as rope_lib
-from lladax.attention import KERNELS
-from lladax.config import ConfigError, choice, from_section
+from lladax.attention import KERNELS, check_options
+from lladax.config import ConfigError, check_types, choice, from_section
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 REMAT_POLICIES = ('none', 'full', 'minimal', 'save_qkv_proj', 'save_qkv_context')
@@ -42,6 +42,7 @@ class ModelConfig:
                                            # ('block_q=1024', 'step_kernel=splash') for ring
 
   def __post_init__(self):
+    check_types(self, 'config.model')
     for name in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'mlp_hidden_size',
                  'max_sequence_length'):
       if getattr(self, name) <= 0:
@@ -69,6 +70,7 @@ class ModelConfig:
     for option in self.attention_options:
       if '=' not in option:
         raise ConfigError(f"config.model.attention_options entry {option!r} is not 'name=value'.")
+    check_options(self.attention_kernel, self.attention_kwargs)
 
   @property
   def attention_kwargs(self) -> dict:
@@ -102,6 +104,11 @@ class ModelConfig:
     return v * d * (1 if self.weight_tying else 2) + l * block + d
 
 
+_ROPE_POSITIVE = {'target_length': 'the context length to extend to, in tokens',
+                  'train_length': 'the trained context length, in tokens',
+                  'd_crit': 'a number of rotary dimensions', 'theta': 'a RoPE base'}
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
   """How the RoPE base is chosen for a target length (see lladax/rope.py for the formulas)."""
@@ -113,7 +120,13 @@ class RopeConfig:
   theta: float | None = None        # explicit base for the 'theta' rule
 
   def __post_init__(self):
+    check_types(self, 'config.rope')
     choice(self.rule, rope_lib.RULES, 'config.rope.rule')
+    for name, what in _ROPE_POSITIVE.items():
+      value = getattr(self, name)
+      if value is not None and not value > 0:   # `not >` refuses nan too
+        raise ConfigError(f'config.rope.{name}={value} must be positive ({what}); fix it or leave '
+                          'it unset.')
     if self.rule in ('ntk', 'diffusion_ntk', 'linear') and not self.target_length:
       raise ConfigError(f'config.rope.rule={self.rule!r} needs config.rope.target_length '
                         '(the context length to extend to, in tokens).')

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import optax
@@ -9,6 +10,20 @@ import optax
 from lladax.config import ConfigError, choice
 
 SCHEDULES = ('constant', 'cosine', 'linear')
+
+
+# field -> (low, high, low excluded, what a valid value is): the range a setting must lie in.
+_RANGES = {
+    'learning_rate': (0, math.inf, True, 'a positive, finite peak learning rate such as 3e-4'),
+    'warmup_steps': (0, math.inf, False, '0 (no warm-up) or a number of steps'),
+    'decay_steps': (0, math.inf, False, '0 or a number of steps'),
+    'final_lr_fraction': (0, math.inf, False, 'the fraction of the peak to decay to, e.g. 0.1'),
+    'weight_decay': (0, math.inf, False, '0 (none) or a finite decay such as 0.1'),
+    'b1': (0, 1, False, "Adam's first-moment decay, e.g. 0.9"),
+    'b2': (0, 1, False, "Adam's second-moment decay, e.g. 0.95"),
+    'eps': (0, math.inf, True, 'a small positive constant such as 1e-8'),
+    'clip_norm': (0, math.inf, False, '0 (no clipping) or a finite gradient norm such as 1.0'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +41,13 @@ class OptimConfig:
 
   def __post_init__(self):
     choice(self.schedule, SCHEDULES, 'config.optim.schedule')
-    if self.learning_rate <= 0:
-      raise ConfigError('config.optim.learning_rate must be positive.')
+    for name, (low, high, open_low, what) in _RANGES.items():
+      value = getattr(self, name)
+      above = value > low if open_low else value >= low
+      # Written so that nan fails every test: it compares false with everything.
+      if not (above and value < high):
+        raise ConfigError(f'config.optim.{name}={value} is outside {"(" if open_low else "["}'
+                          f'{low}, {high}); set {what}.')
     if self.schedule != 'constant' and self.decay_steps <= 0:
       raise ConfigError(f'config.optim.schedule={self.schedule!r} needs config.optim.decay_steps '
                         '> 0 (the number of steps to decay over).')

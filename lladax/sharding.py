@@ -212,6 +212,21 @@ def num_slices_of(devices) -> int:
   return len({getattr(d, 'slice_index', 0) or 0 for d in devices})
 
 
+def check_sequence_split(cfg: MeshConfig, seq_len: int, where: str, devices=None) -> None:
+  """ConfigError when the context axis of the mesh `cfg` gives over `devices` (default: all)
+  does not divide `seq_len`: the attention kernels refuse it, but only inside a compiled step."""
+  devices = list(jax.devices() if devices is None else devices)
+  try:
+    ici, dcn = mesh_shape(cfg, len(devices), num_slices_of(devices))
+  except ConfigError:
+    return  # sizes that do not fit the devices are refused where the job makes its mesh
+  shards = ici[CONTEXT_AXIS] * dcn[CONTEXT_AXIS]
+  if seq_len % shards:
+    raise ConfigError(f'{where}={seq_len} is not divisible by the {CONTEXT_AXIS} mesh axis '
+                      f'({shards} shards); make it a multiple of {shards}, or change '
+                      f'config.mesh.{CONTEXT_AXIS}.')
+
+
 def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
   """The ('data', 'fsdp', 'context', 'tensor') mesh over `devices` (default: all), Auto axes.
 

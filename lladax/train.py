@@ -6,9 +6,15 @@ their shardings (or loaded from config.checkpoint for post-training); each step 
 update of lladax/train_step.py; orbax checkpoints (every config.train.checkpoint_every steps, at
 the end, and on SIGTERM) hold parameters, optimizer state and the data iterator, so a killed and
 restarted run continues with exactly the losses it would have had.
+
+SIGTERM stops the run after the step in progress, or at once while it waits (setting up, the
+first step's compile, a batch that does not come), saving its last finished step; the run then
+reports stopped_early (main exits with train_checkpoint.EXIT_STOPPED, 143). A rerun of a finished
+run writes the model if its save was interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -113,12 +119,67 @@ class Window:
     return out
 
 
+@dataclasses.dataclass
+class Job:
+  """What the loop works with, built by `prepare`."""
+  config: object
+  tcfg: TrainConfig
+  dcfg: simple.DataConfig
+  ocfg: optimizer.OptimConfig
+  mcfg: model_config.ModelConfig
+  tok: object
+  tok_cfg: tokenizers.TokenizerConfig
+  meta: dict | None
+  mesh: object
+  batch_sh: object
+  data: object
+  eval_data: object
+  graphdef: object
+  params: object
+  opt_state: object
+  step_fn: object
+  eval_fn: object
+  ckpts: train_checkpoint.TrainCheckpoints | None
+  start: int = 0
+  model_dir: str | None = None
+
+
 def run(config) -> dict:
   """Trains on `config.data` from scratch or `config.checkpoint`, resuming from the workdir's
   newest training checkpoint when there is one.
 
-  Returns {'model', 'history' (one record per log interval), 'model_dir', 'tokenizer'}.
+  Returns {'model', 'history' (one record per log interval), 'model_dir', 'tokenizer',
+  'stopped_early'}. A run stopped by SIGTERM saves a checkpoint of its last finished step and
+  returns stopped_early=True and no model (main exits with train_checkpoint.EXIT_STOPPED).
   """
+  # Installed first: SIGTERM stops the job at any point, also while it sets up.
+  with train_checkpoint.Preemption() as preempted:
+    with contextlib.ExitStack() as cleanup:
+      try:
+        with preempted.waiting():
+          job = prepare(config, cleanup)
+      except train_checkpoint.Preempted:
+        logging.warning('stopped by SIGTERM before training began; rerun the same command to '
+                        'resume (exit code %d)', train_checkpoint.EXIT_STOPPED)
+        return stopped_result(None, [])
+      if job.start >= job.tcfg.steps:
+        return finished(job, cleanup)
+      history, done, stopped = train_loop(job, preempted)
+    # The data readers are closed and the checkpoint writes finished before the model is saved.
+    if stopped:
+      return stopped_result(job.tok, history)
+    return {'model': save_final(job, done), 'history': history, 'model_dir': job.model_dir,
+            'tokenizer': job.tok, 'stopped_early': False}
+
+
+def stopped_result(tok, history: list) -> dict:
+  return {'model': None, 'history': history, 'model_dir': None, 'tokenizer': tok,
+          'stopped_early': True}
+
+
+def prepare(config, cleanup: contextlib.ExitStack) -> Job:
+  """Settings, data, model, optimizer state and the newest checkpoint, restored. Whatever needs
+  closing is registered with `cleanup`."""
   mcfg = model_config.from_config(config)
   tcfg = from_section(TrainConfig, config.train, 'config.train')
   ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
@@ -141,9 +202,14 @@ def run(config) -> dict:
   rules = mesh_cfg.rules
   batch_sh = train_step.batch_sharding(mesh, (dcfg.batch_size, dcfg.seq_len), rules)
   index, count = global_batch.data_shard(mesh, batch_sh.spec)
-  open_data = lambda held_out=False: train_data.open_batches(
-      config, dcfg, tok, mcfg, rows=dcfg.batch_size // count, process_index=index,
-      process_count=count, held_out=held_out)
+
+  def open_data(held_out=False):
+    data = train_data.open_batches(
+        config, dcfg, tok, mcfg, rows=dcfg.batch_size // count, process_index=index,
+        process_count=count, held_out=held_out)
+    cleanup.callback(data.close)
+    return data
+
   data = open_data()
   eval_data = open_data(held_out=True) if tcfg.eval_every else None
 
@@ -164,47 +230,133 @@ def run(config) -> dict:
       eps=tcfg.mask_eps, sft=sft, step_cfg=step_cfg, skip_nonfinite=tcfg.on_nan == 'skip')
   eval_fn = train_step.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
                                     mask_id=mcfg.mask_token_id, eps=tcfg.mask_eps, sft=sft)
-
-  workdir = config.get('workdir') or ''
-  ckpts = None
-  start = 0
-  if workdir:
-    ckpts = train_checkpoint.TrainCheckpoints(
-        os.path.join(workdir, 'checkpoints'),
-        train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints),
-        # What a checkpoint must match; compute settings (kernel, remat, dtypes) may change.
-        {'model': {k: v for k, v in dataclasses.asdict(mcfg).items()
-                   if k not in model_config.COMPUTE_FIELDS},
-         'seed': config.seed, 'data': config.data.to_dict(),
-         'objective': tcfg.objective})
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          {'params': params, 'opt_state': opt_state})
-    restored = ckpts.restore_latest(target)
-    if restored:
-      start, state, data_state = restored
-      params, opt_state = state['params'], state['opt_state']
-      if data_state:
-        data.set_state(data_state)
+  job = Job(config, tcfg, dcfg, ocfg, mcfg, tok, tok_cfg, meta, mesh, batch_sh, data, eval_data,
+            graphdef, params, opt_state, step_fn, eval_fn, ckpts=None)
+  if config.get('workdir'):
+    restore(job, cleanup)
   logging.info('training %s parameters on a %s mesh for steps %d..%d (%s)',
-               f'{mcfg.num_params():,}', dict(mesh.shape), start + 1, tcfg.steps, dcfg.source)
+               f'{mcfg.num_params():,}', dict(mesh.shape), job.start + 1, tcfg.steps,
+               dcfg.source)
+  return job
 
-  schedule = optimizer.learning_rate(ocfg)
-  flops_per_step = flops.train_per_token(mcfg, dcfg.seq_len) * dcfg.batch_size * dcfg.seq_len
+
+def restore(job: Job, cleanup: contextlib.ExitStack) -> None:
+  """Opens the workdir's training checkpoints and continues from the newest usable one."""
+  tcfg = job.tcfg
+  job.ckpts = train_checkpoint.TrainCheckpoints(
+      os.path.join(job.config.workdir, 'checkpoints'),
+      train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints),
+      # What a checkpoint must match; compute settings (kernel, remat, dtypes) may change.
+      {'model': {k: v for k, v in dataclasses.asdict(job.mcfg).items()
+                 if k not in model_config.COMPUTE_FIELDS},
+       'seed': job.config.seed, 'data': job.config.data.to_dict(),
+       'objective': tcfg.objective})
+  cleanup.callback(job.ckpts.close)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        {'params': job.params, 'opt_state': job.opt_state})
+  restored = job.ckpts.restore_latest(target)
+  if not restored:
+    return
+  job.start, state, data_state = restored
+  job.params, job.opt_state = state['params'], state['opt_state']
+  job.data.set_state(data_state)
+  if job.start > tcfg.steps:
+    raise ConfigError(
+        f'config.train.steps={tcfg.steps} is below step {job.start}, where the checkpoints in '
+        f'{job.ckpts.manager.directory} already are; raise config.train.steps above {job.start} '
+        'to train further, or use a new config.workdir to start afresh.')
+
+
+def finished(job: Job, cleanup: contextlib.ExitStack) -> dict:
+  """A rerun of a run whose training is done: writes the model if a kill interrupted its save,
+  else says that there is nothing to do."""
+  cleanup.close()
+  path = model_path(job)
+  if path and not os.path.exists(path):
+    logging.warning('training finished at step %d but %s is missing (its save was interrupted); '
+                    'writing it from the checkpoint of step %d', job.start, path, job.start)
+    return {'model': save_final(job, job.start), 'history': [], 'model_dir': job.model_dir,
+            'tokenizer': job.tok, 'stopped_early': False}
+  logging.warning('nothing to train: the checkpoints in %s are at step %d = config.train.steps%s;'
+                  ' raise config.train.steps to train further', job.ckpts.manager.directory,
+                  job.start, f' and the model is in {path}' if path else '')
+  job.model_dir = path
+  return {'model': build_model(job), 'history': [], 'model_dir': path, 'tokenizer': job.tok,
+          'stopped_early': False}
+
+
+def model_path(job: Job) -> str | None:
+  """Where the final model goes: <workdir>/model, when the run saves one."""
+  workdir = job.config.get('workdir')
+  return os.path.join(workdir, 'model') if workdir and job.tcfg.save else None
+
+
+def build_model(job: Job) -> model_lib.LLaDA:
+  model = nnx.merge(job.graphdef, job.params)
+  if job.dcfg.seq_len > model.cfg.max_sequence_length:
+    # Post-training at a longer context makes that the trained length, which the RoPE rules of a
+    # later extension start from (T_train).
+    model.cfg = dataclasses.replace(model.cfg, max_sequence_length=job.dcfg.seq_len)
+  return model
+
+
+def save_final(job: Job, done: int) -> model_lib.LLaDA:
+  """The trained model, written to <workdir>/model when the run reached config.train.steps."""
+  model = build_model(job)
+  job.model_dir = None
+  path = model_path(job)
+  if path and done == job.tcfg.steps:
+    # Keep what the source checkpoint recorded (its Hugging Face config.json, for export).
+    meta = job.meta or {}
+    extra = {**meta, 'tokenizer': meta.get('tokenizer') or dataclasses.asdict(job.tok_cfg)}
+    job.model_dir = checkpoint.save_model(path, model, extra)
+    logging.info('saved the model to %s', job.model_dir)
+  return model
+
+
+def train_loop(job: Job, preempted: train_checkpoint.Preemption) -> tuple[list, int, bool]:
+  """Steps job.start + 1 .. config.train.steps. Returns (history, steps done, stopped by
+  SIGTERM)."""
+  tcfg, dcfg, mesh = job.tcfg, job.dcfg, job.mesh
+  schedule = optimizer.learning_rate(job.ocfg)
+  flops_per_step = flops.train_per_token(job.mcfg, dcfg.seq_len) * dcfg.batch_size * dcfg.seq_len
   peak = flops.peak_flops(jax.devices()[0])
-  base_key = jax.random.key(config.seed)
-  writer = metrics_lib.MetricsWriter(workdir, tcfg.tensorboard)
-  preempted = train_checkpoint.Preemption()
+  base_key = jax.random.key(job.config.seed)
+  # Processes must stop at one step: only a lone process may stop in the middle of a wait.
+  alone = jax.process_count() == 1
   history, window = [], Window()
-  step, stopped_early = start, False
+  done = saved = job.start
+  stop = False
+  data_state = job.data.get_state()   # the data's position after `done` batches
+  pending = None
+  writer = metrics_lib.MetricsWriter(job.config.get('workdir') or '', tcfg.tensorboard,
+                                     start_step=job.start)
+
+  def save():
+    nonlocal saved
+    if job.ckpts and done > saved:
+      job.ckpts.save(done, {'params': job.params, 'opt_state': job.opt_state}, data_state)
+      saved = done
+
   try:
-    with tqdm(range(start, tcfg.steps), desc='train', unit='step', dynamic_ncols=True,
-              initial=start, total=tcfg.steps) as bar:
+    with tqdm(range(job.start, tcfg.steps), desc='train', unit='step', dynamic_ncols=True,
+              initial=job.start, total=tcfg.steps) as bar:
       for step in bar:
-        batch = global_batch.global_batch(next(data), mesh, batch_sh.spec)
-        params, opt_state, metrics = step_fn(params, opt_state, batch,
-                                             jax.random.fold_in(base_key, step))
+        with preempted.waiting(alone):
+          batch = global_batch.global_batch(next_batch(job, done), mesh, job.batch_sh.spec)
+        # The first step compiles (minutes for a large model) and nothing is unsaved before it:
+        # SIGTERM then stops at once.
+        with preempted.waiting(alone and step == job.start):
+          job.params, job.opt_state, metrics = job.step_fn(
+              job.params, job.opt_state, batch, jax.random.fold_in(base_key, step))
+        if pending is not None:
+          # At most one step in flight: SIGTERM stops at the next step, not several
+          # dispatched ones later.
+          jax.block_until_ready(pending)
+        pending = metrics
         window.add(metrics, dcfg.batch_size * dcfg.seq_len)
         done = step + 1
+        data_state = job.data.get_state()
         if tcfg.on_nan == 'stop' and not np.isfinite(float(metrics['loss'])):
           raise FloatingPointError(
               f'the loss is {float(metrics["loss"])} at step {done} (gradient norm '
@@ -216,48 +368,57 @@ def run(config) -> dict:
           if peak:
             record['mfu'] = flops_per_step / record['step_time'] / (peak * mesh.size)
           if tcfg.eval_every and done % tcfg.eval_every == 0:
-            record.update(evaluate(eval_fn, params, eval_data, mesh, batch_sh, base_key, done,
-                                   tcfg.eval_batches))
+            record.update(evaluate(job.eval_fn, job.params, job.eval_data, mesh, job.batch_sh,
+                                   base_key, done, tcfg.eval_batches))
           history.append(record)
           writer.write(done, {k: v for k, v in record.items() if k != 'step'})
           bar.set_postfix(loss=f'{record["loss"]:.3f}', acc=f'{record["masked_accuracy"]:.2f}',
                           lr=f'{record["learning_rate"]:.2g}',
                           tok_s=f'{record["tokens_per_second"]:.0f}')
         stop = preempted.reached(done)
-        if ckpts and (done % tcfg.checkpoint_every == 0 or done == tcfg.steps or stop):
-          ckpts.save(done, {'params': params, 'opt_state': opt_state}, data.get_state())
+        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or stop:
+          save()
         if stop:
-          logging.warning('stopped at step %d for preemption; rerun the same command to resume',
-                          done)
-          stopped_early = True
           break
+  except train_checkpoint.Preempted:
+    stop = True
+    save()
+  except DataExhausted as e:
+    save()
+    kept = ' (a checkpoint of that step is saved)' if job.ckpts and done else ''
+    raise ConfigError(f'{e}{kept}.') from None
   finally:
-    preempted.close()
     writer.close()
-    data.close()
-    if ckpts:
-      ckpts.close()
-  model = nnx.merge(graphdef, params)
-  if dcfg.seq_len > model.cfg.max_sequence_length:
-    # Post-training at a longer context makes that the trained length, which the RoPE rules of a
-    # later extension start from (T_train).
-    model.cfg = dataclasses.replace(model.cfg, max_sequence_length=dcfg.seq_len)
-  model_dir = None
-  if workdir and tcfg.save and step + 1 == tcfg.steps:
-    # Keep what the source checkpoint recorded (its Hugging Face config.json, for export).
-    extra = {**(meta or {}), 'tokenizer': (meta or {}).get('tokenizer') or
-             dataclasses.asdict(tok_cfg)}
-    model_dir = checkpoint.save_model(os.path.join(workdir, 'model'), model, extra)
-    logging.info('saved the model to %s', model_dir)
-  return {'model': model, 'history': history, 'model_dir': model_dir, 'tokenizer': tok,
-          'stopped_early': stopped_early}
+  if stop:
+    logging.warning('stopped by SIGTERM at step %d; rerun the same command to resume (exit '
+                    'code %d)', done, train_checkpoint.EXIT_STOPPED)
+  return history, done, stop
+
+
+class DataExhausted(Exception):
+  """Finite training data ended before config.train.steps."""
+
+
+def next_batch(job: Job, done: int) -> dict:
+  try:
+    return next(job.data)
+  except StopIteration:
+    raise DataExhausted(
+        f'the training data ran out after {done} batches, before config.train.steps='
+        f'{job.tcfg.steps}; raise config.pipeline.num_epochs (None repeats the data), or set '
+        f'config.train.steps={done} to end there') from None
 
 
 def evaluate(eval_fn, params, data, mesh, batch_sh, base_key, step: int, batches: int) -> dict:
   """Mean validation metrics over `batches` held-out batches, noised reproducibly per step."""
   got = []
   for i in range(batches):
-    batch = global_batch.global_batch(next(data), mesh, batch_sh.spec)
+    try:
+      rows = next(data)
+    except StopIteration:
+      raise ConfigError('config.eval_pipeline ran out of validation batches at step '
+                        f'{step}; set its num_epochs=None so that it repeats.') from None
+    batch = global_batch.global_batch(rows, mesh, batch_sh.spec)
     # A stream of its own (training uses fold_in(base_key, step) for step < 2**31 - 1).
     key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base_key, 2**31 - 1), step), i)
     got.append(eval_fn(params, batch, key))

@@ -27,13 +27,17 @@ class Replayed:
     self.drawn = 0
 
   def __next__(self) -> dict:
-    self.drawn += 1
-    return next(self._it)
+    batch = next(self._it)
+    self.drawn += 1  # after the draw: one interrupted by SIGTERM is not counted
+    return batch
 
   def get_state(self) -> dict:
     return {'drawn': self.drawn}
 
   def set_state(self, state: dict) -> None:
+    drawn = state.get('drawn') if isinstance(state, dict) else None
+    if isinstance(drawn, bool) or not isinstance(drawn, int) or drawn < 0:
+      raise invalid_state(state, '"drawn", the number of batches given')
     self._it = self._make()
     for _ in range(state['drawn']):
       next(self._it)
@@ -59,10 +63,19 @@ class FromPipeline:
     return self._pipe.get_state()
 
   def set_state(self, state: dict) -> None:
+    if not isinstance(state, dict) or not {'grain', 'settings', 'packed'} <= set(state):
+      raise invalid_state(state, "the Grain pipeline's 'grain', 'settings' and 'packed'")
     self._pipe.set_state(state)
 
   def close(self) -> None:
     self._pipe.close()
+
+
+def invalid_state(state, needs: str) -> ConfigError:
+  # An empty or foreign state would restart or garble the stream without a word.
+  return ConfigError(f'the saved data-iterator state {str(state)[:80]} is not one this data '
+                     f'source wrote (it needs {needs}); resume from a checkpoint this recipe '
+                     'wrote, or start afresh in a new config.workdir.')
 
 
 def open_batches(config, dcfg: simple.DataConfig, tokenizer, mcfg, *, rows: int,
@@ -80,10 +93,13 @@ def open_batches(config, dcfg: simple.DataConfig, tokenizer, mcfg, *, rows: int,
     if held_out and not config.get(section):
       raise ConfigError('config.train.eval_every needs config.eval_pipeline: held-out sources '
                         'for the validation loss (a PipelineConfig section like config.pipeline).')
+    if not config.get(section):
+      raise ConfigError(f"config.data.source='pipeline' needs a config.{section} section (its "
+                        'sources and packing); add one to the recipe.')
     pcfg = from_section(pipeline_lib.PipelineConfig, config.get(section), f'config.{section}')
     if pcfg.seq_len != dcfg.seq_len:
-      raise ConfigError(f'config.{section}.seq_len={pcfg.seq_len} differs from config.data.'
-                        f'seq_len={dcfg.seq_len}; set them equal.')
+      raise ConfigError(f'config.{section}.seq_len={pcfg.seq_len} (set in the recipe) differs '
+                        f'from config.data.seq_len={dcfg.seq_len}; set them equal.')
     pcfg = pipeline_lib.PipelineConfig(**{**pcfg.__dict__, 'batch_size': rows})
     return FromPipeline(pipeline_lib.build(
         pcfg, tokenizer, eos_id=mcfg.eos_token_id, bos_id=mcfg.bos_token_id,

@@ -114,7 +114,7 @@ def test_sft_records_that_cannot_be_trained_are_named(tmp_path):
 
   with pytest.raises(ConfigError, match='is not a file'):
     open_(str(tmp_path / 'missing.jsonl'))
-  with pytest.raises(ConfigError, match='line 2 lacks a "prompt" or "answer"'):
+  with pytest.raises(ConfigError, match="line 2 has no 'answer' string"):
     open_(_sft_file(tmp_path, [{'prompt': 'a', 'answer': 'b'}, {'prompt': 'a'}]))
   with pytest.raises(ConfigError, match=r'sft.jsonl line 1: 22 tokens with BOS and EOS; raise'):
     open_(_sft_file(tmp_path, [{'prompt': 'a' * 19, 'answer': 'b'}]), seq_len=16)

@@ -9,6 +9,7 @@ import pytest
 
 from lladax.config import ConfigError
 from lladax.metrics import MetricsWriter
+from lladax import train_checkpoint
 from lladax.train_checkpoint import CheckpointConfig, Preemption, TrainCheckpoints
 
 META = {'model': {'d_model': 8}, 'data': 'retrieval'}
@@ -56,7 +57,60 @@ def test_an_unreadable_latest_step_falls_back_to_the_previous(tmp_path):
   step, got, data = ckpt.restore_latest(abstract())
   assert step == 1 and data == {'position': 1}
   np.testing.assert_array_equal(got['params']['w'], np.ones((4, 3)))
+  # Moved aside, not deleted, so that the run can write step 2 again.
+  assert sorted(os.listdir(tmp_path)) == ['1', '2.corrupt']
+  ckpt.save(2, state(2), {'position': 2})
   ckpt.close()
+
+
+def flip_array_bytes(step_dir):
+  files = [os.path.join(r, f) for r, _, names in os.walk(step_dir / 'state') for f in names
+           if os.sep + 'd' + os.sep in os.path.join(r, f)]
+  path = max(files, key=os.path.getsize)
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 2] ^= 0x01   # one bit
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def test_flipped_bytes_fail_the_checksums_and_the_previous_step_is_used(tmp_path, caplog):
+  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(keep=3), META)
+  ckpt.save(1, {'w': jnp.arange(4000, dtype=jnp.float32)}, {'position': 1})
+  ckpt.save(2, {'w': jnp.arange(4000, dtype=jnp.float32) + 1}, {'position': 2})
+  ckpt.close()
+  flip_array_bytes(tmp_path / '2')
+  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(keep=3), META)
+  step, got, _ = ckpt.restore_latest({'w': jax.ShapeDtypeStruct((4000,), jnp.float32)})
+  ckpt.close()
+  assert step == 1 and float(got['w'][1]) == 1.0
+  assert f'{tmp_path}/2/state does not match the checksums' in caplog.text
+  assert "first ['w']" in caplog.text and '2.corrupt' in caplog.text
+
+
+def test_a_resume_in_another_param_dtype_is_verified_as_stored_then_cast(tmp_path):
+  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
+  ckpt.save(3, state(3), None)
+  ckpt.close()
+  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
+  target = abstract()
+  target['params']['w'] = jax.ShapeDtypeStruct((4, 3), jnp.bfloat16)
+  step, got, _ = ckpt.restore_latest(target)
+  ckpt.close()
+  assert step == 3 and got['params']['w'].dtype == jnp.bfloat16
+  assert os.listdir(tmp_path) == ['3']
+
+
+def test_a_checkpoint_with_other_arrays_is_refused_not_moved_aside(tmp_path):
+  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
+  ckpt.save(3, state(3), None)
+  ckpt.close()
+  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
+  target = abstract()
+  target['params']['w'] = jax.ShapeDtypeStruct((4, 5), jnp.float32)
+  with pytest.raises(ConfigError, match=r"holds other arrays than this run \(\['params'\]\['w'\]"):
+    ckpt.restore_latest(target)
+  ckpt.close()
+  assert os.listdir(tmp_path) == ['3']
 
 
 def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
@@ -77,6 +131,37 @@ def test_sigterm_is_noticed_and_the_handler_restored():
   assert watch.reached(1)
   watch.close()
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_while_waiting_stops_at_once_and_during_a_step_only_flags():
+  watch = Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)     # during a step: noticed, nothing interrupted
+    assert watch.reached(1)
+    with pytest.raises(train_checkpoint.Preempted):   # came before the wait: it does not begin
+      with watch.waiting():
+        pass
+  finally:
+    watch.close()
+  watch = Preemption()
+  try:
+    with pytest.raises(train_checkpoint.Preempted):
+      with watch.waiting():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**8):               # a wait that would not end by itself
+          pass
+  finally:
+    watch.close()
+
+
+def test_a_resumed_run_drops_the_metrics_written_after_its_step(tmp_path):
+  lines = ''.join(json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in range(1, 6))
+  (tmp_path / 'metrics.jsonl').write_text(lines + '{"step": 6, "lo')   # torn by a kill
+  writer = MetricsWriter(str(tmp_path), tensorboard=False, start_step=3)
+  writer.write(4, {'loss': 2.0})
+  writer.close()
+  steps = [json.loads(l)['step'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == [1, 2, 3, 4]
 
 
 def test_metrics_go_to_json_lines_and_tensorboard(tmp_path):

@@ -2,7 +2,8 @@
 
   sources (indexed) ─► shuffle per source (seed; reshuffled each epoch) ─► repeat (epochs)
     ─► mix by weight ─► this process's share (i::n) ─► read + tokenize (threads, in order)
-    ─► tally (skip empty / bad records, count) ─► pack (Grain; packing.py) ─► batch ─► layout
+    ─► tally (skip empty / bad records, count; stop a stream without text)
+    ─► pack (Grain; packing.py) ─► batch ─► layout
 
 Everything before the tally is indexed, so the iterator's state is a handful of counters: a resumed
 run sees exactly the batches it would have seen. The pipeline reports how many documents and tokens
@@ -10,10 +11,12 @@ it read, skipped and packed; at the end of a finite run tokens read == tokens pa
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
 import logging
+import math
 from typing import Any, Iterator
 
 import grain
@@ -75,7 +78,10 @@ def build(cfg: PipelineConfig, tokenizer, *, eos_id: int | None, bos_id: int | N
   threads = max(1, cfg.read_threads)
   stream = docs.map(tokenize).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(8, 4 * threads)))
-  tally = _TallyDataset(stream, fail=cfg.on_bad_record == 'fail')
+  names = ', '.join(f'{w} ({s.kind}:{sources.expand(s.path)})'
+                    for w, s in zip(readers, cfg.sources))
+  tally = _TallyDataset(stream, fail=cfg.on_bad_record == 'fail', names=names,
+                        patience=patience([len(r) for r in readers.values()], weights))
   rows = packing.pack(tally, seq_len=cfg.seq_len, fit=cfg.fit, bins=cfg.packing_bins,
                       seed=cfg.seed)
   fingerprint = dict(dataclasses.asdict(cfg), sources=[repr(s) for s in cfg.sources],
@@ -119,6 +125,14 @@ def interleave(lengths: list[int], weights: list[float]) -> tuple[np.ndarray, np
   local = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
   order = np.argsort(due, kind='stable')
   return source[order], local[order]
+
+
+def patience(lengths: list[int], weights: list[float]) -> int:
+  """Records skipped in a row after which the stream surely holds no text: two passes over the
+  source the mix draws from least often (one pass can miss a document that moved between
+  shuffles), and a margin for tiny sources."""
+  total = sum(weights)
+  return 2 * max(math.ceil(n * total / w) for n, w in zip(lengths, weights)) + 16
 
 
 def encoder(tokenizer):
@@ -211,18 +225,30 @@ class _TallyIterator(grain.DatasetIterator):
   document on restore, the counts rewind with it and nothing is counted twice.
   """
 
-  def __init__(self, parent: grain.DatasetIterator, fail: bool):
+  def __init__(self, parent: grain.DatasetIterator, fail: bool, names: str, patience: int):
     super().__init__(parent)
     self._fail = fail
+    self._names = names
+    self._patience = patience
     self.counts = {'documents': 0, 'tokens': 0, 'empty': 0, 'bad': 0}
+    self._dry = collections.Counter()   # records skipped since the last document, by problem
+    self._example = ''
 
   def __next__(self):
     while True:
-      item = next(self._parent)
+      try:
+        item = next(self._parent)
+      except StopIteration:
+        if not self.counts['documents'] and self._dry:
+          raise self._no_text() from None
+        raise
       if isinstance(item, dict):
         self.counts['documents'] += 1
         self.counts['tokens'] += len(item['tokens'])
+        self._dry.clear()
+        self._example = ''
         return item
+      self._note_dry(item)
       if not isinstance(item, sources.Bad):
         self.counts['empty'] += 1
         continue
@@ -235,6 +261,22 @@ class _TallyIterator(grain.DatasetIterator):
                         '' if self.counts['bad'] < _BAD_LOGGED else
                         ' (further bad records are counted, not logged)')
 
+  def _note_dry(self, item):
+    # An endless stream of records without text would be skipped for ever: stop it instead.
+    bad = isinstance(item, sources.Bad)
+    self._dry[item.kind if bad else 'empty'] += 1
+    if bad and not self._example:
+      self._example = f'; e.g. {item.where}: {item.reason}'
+    if sum(self._dry.values()) >= self._patience:
+      raise self._no_text()
+
+  def _no_text(self) -> ConfigError:
+    fix = ("set the sources' text_field to the key that holds the text" if self._dry['missing']
+           else 'point config.pipeline.sources at files with text')
+    return ConfigError(f'{self._names} gave no usable text in {sum(self._dry.values()):,} '
+                       f'records in a row ({sources.tally(self._dry)}){self._example}; {fix}, '
+                       'or fix their records.')
+
   def get_state(self) -> dict:
     return {'parent': self._parent.get_state(), 'counts': dict(self.counts)}
 
@@ -246,13 +288,16 @@ class _TallyIterator(grain.DatasetIterator):
 class _TallyDataset(grain.IterDataset):
   """The tally as a Grain dataset; keeps its iterator so the pipeline can read the counts."""
 
-  def __init__(self, parent: grain.IterDataset, fail: bool):
+  def __init__(self, parent: grain.IterDataset, fail: bool, names: str, patience: int):
     super().__init__(parent)
     self._fail = fail
+    self._names = names
+    self._patience = patience
     self.iterator: _TallyIterator | None = None
 
   def __iter__(self) -> _TallyIterator:
-    self.iterator = _TallyIterator(self._parent.__iter__(), self._fail)
+    self.iterator = _TallyIterator(self._parent.__iter__(), self._fail, self._names,
+                                   self._patience)
     return self.iterator
 
 

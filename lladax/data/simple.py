@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
+import logging
 import os
 import sysconfig
 from typing import Iterator
@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from lladax.config import ConfigError, choice
-from lladax.data import retrieval
+from lladax.data import retrieval, sources
 
 SOURCES = ('retrieval', 'sft_jsonl', 'text_files', 'pipeline')
 # 'answer': LLaDA's SFT, the EOS padding after an answer is answer too (masked, in the loss), so
@@ -65,13 +65,37 @@ def text_documents(pattern: str) -> list[str]:
   paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
   if not paths:
     raise ConfigError(f'config.data.path={pattern!r} matches no file; point it at local text.')
-  docs = []
-  for path in paths:
-    with open(path, encoding='utf-8', errors='replace') as f:
-      text = f.read()
-    if text.strip():
-      docs.append(text)
+  docs = [text for text in map(read_text, paths) if text.strip()]
+  if not docs:
+    # Packing nothing for ever would hang the job before its first batch.
+    raise ConfigError(f'config.data.path={pattern!r} matches {len(paths)} file(s) but all are '
+                      'empty or whitespace; point it at files with text.')
   return docs
+
+
+def read_text(path: str) -> str:
+  """A file as text with universal newlines; invalid UTF-8 is replaced by U+FFFD, with a warning
+  that counts it (a binary file matched by the glob shows up here)."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    text = raw.decode('utf-8')
+  except UnicodeDecodeError:
+    text = raw.decode('utf-8', errors='replace')
+    # U+FFFD already in the file is text, not a replacement.
+    replaced = text.count('\ufffd') - raw.count('\ufffd'.encode())
+    lines = [n for n, line in enumerate(raw.split(b'\n'), 1) if not _is_utf8(line)]
+    logging.warning('%s: replaced %d invalid UTF-8 sequence(s) with U+FFFD on %d line(s), the '
+                    'first on line %d', path, replaced, len(lines), lines[0])
+  return text.replace('\r\n', '\n').replace('\r', '\n')
+
+
+def _is_utf8(raw: bytes) -> bool:
+  try:
+    raw.decode('utf-8')
+  except UnicodeDecodeError:
+    return False
+  return True
 
 
 def retrieval_row(rng, tokenizer, cfg: DataConfig, eos_id: int, bos_id=None):
@@ -151,18 +175,30 @@ def sft_records(path: str) -> list[tuple[int, dict]]:
     raise ConfigError(f"config.data.source='sft_jsonl' needs config.data.path, a .jsonl file of "
                       f'{{"prompt", "answer"}} records; {path!r} is not a file.')
   out = []
-  with open(local, encoding='utf-8') as f:
+  with open(local, 'rb') as f:
     for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      record = json.loads(line)
-      if not isinstance(record.get('prompt'), str) or not isinstance(record.get('answer'), str):
-        raise ConfigError(f'{path} line {i} lacks a "prompt" or "answer" string; every SFT '
-                          'record needs both.')
-      out.append((i, record))
+      if line.strip():
+        out.append((i, sft_record(line, f'{local} line {i}')))
   if not out:
     raise ConfigError(f'{path} holds no records; give it {{"prompt", "answer"}} lines.')
   return out
+
+
+def sft_record(raw: bytes, where: str) -> dict:
+  """One {"prompt", "answer"} record of a JSON-lines line; anything else fails naming the line."""
+  record = sources.load_json(raw, where)
+  if isinstance(record, sources.Bad):
+    raise ConfigError(f'{where} is not a JSON record ({record.reason}); make every line a UTF-8 '
+                      '{"prompt": ..., "answer": ...} object.')
+  if not isinstance(record, dict):
+    raise ConfigError(f'{where} is a JSON {type(record).__name__}, not an object; make every '
+                      'line a {"prompt": ..., "answer": ...} object.')
+  lacking = [k for k in ('prompt', 'answer') if not isinstance(record.get(k), str)]
+  if lacking:
+    raise ConfigError(f'{where} has no {" or ".join(map(repr, lacking))} string (its keys: '
+                      f'{", ".join(map(repr, sorted(record)[:8])) or "none"}); every SFT record '
+                      'needs both "prompt" and "answer".')
+  return record
 
 
 def _sft_batches(cfg, rows, rng):

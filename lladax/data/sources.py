@@ -4,7 +4,8 @@ Every source is indexed at start-up (which file holds document i, and where in i
 shuffle by index, give each process its share and resume from a count without reading anything
 twice. Reading document i returns its text, or a `Bad` record saying where and why it could not be
 read; the pipeline decides whether that is skipped or fatal. Everything a user can get wrong about a
-source (no path, no file, no documents, no text field) fails here, before training starts.
+source (no path, no file, no documents, no text field, no record with text, a damaged Parquet
+file) fails here, before training starts.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import collections
 import dataclasses
 import glob
 import json
+import logging
 import os
 import sysconfig
 import threading
@@ -25,6 +27,10 @@ KINDS = ('jsonl', 'text', 'parquet', 'arrayrecord')
 _SCAN_BYTES = 1 << 26       # newline scan chunk: bounds memory on multi-GB JSON-lines files
 _FIELD_CHECK_LINES = 16     # lines per JSON-lines file searched for a record to check the field on
 _PARQUET_GROUPS_CACHED = 4  # decoded row groups kept per source: random access decodes whole groups
+_PROBE_RECORDS = 10_000     # records read at start-up looking for text (seconds at worst)
+# Why a record gives no document, as counted: 'empty' (no text or only whitespace), or a Bad kind.
+PROBLEMS = {'empty': 'empty', 'malformed': 'malformed', 'missing': 'missing the text field',
+            'not_text': 'not text'}
 
 
 def expand(pattern: str) -> str:
@@ -114,24 +120,29 @@ def text_of(record: Any, field: str, where: str) -> str | Bad:
   if not isinstance(record, dict):
     return Bad(where, f'the record is a JSON {type(record).__name__}, not an object')
   if field not in record:
-    return Bad(where, f'the record has no {field!r} field')
+    return Bad(where, f'the record has no {field!r} field', 'missing')
   value = record[field]
   if value is None:
     return ''
   if not isinstance(value, str):
-    return Bad(where, f'field {field!r} holds a {type(value).__name__}, not a string')
+    return Bad(where, f'field {field!r} holds a {type(value).__name__}, not a string', 'not_text')
   return value
 
 
-def parse_json(raw: bytes, field: str, where: str) -> str | Bad:
+def load_json(raw: bytes, where: str) -> Any:
+  """The parsed JSON value of a record, or Bad if it is not UTF-8 or not JSON."""
   text = decode(raw, where)
   if isinstance(text, Bad):
     return text
   try:
-    record = json.loads(text)
+    return json.loads(text)
   except json.JSONDecodeError as e:
     return Bad(where, f'bad JSON ({e.msg} at column {e.colno})')
-  return text_of(record, field, where)
+
+
+def parse_json(raw: bytes, field: str, where: str) -> str | Bad:
+  record = load_json(raw, where)
+  return record if isinstance(record, Bad) else text_of(record, field, where)
 
 
 def open_source(cfg: SourceConfig, where: str):
@@ -148,7 +159,53 @@ def open_source(cfg: SourceConfig, where: str):
   if len(reader) == 0:
     raise ConfigError(f'{where}.path={expand(cfg.path)!r} holds no documents in its {len(paths)} '
                       f'file(s); point it at non-empty {cfg.kind} files.')
+  check_text(reader, cfg, where)
   return reader
+
+
+def problem(doc: str | Bad) -> str | None:
+  """Why a record gives no document (a key of PROBLEMS), or None when it holds text."""
+  if isinstance(doc, Bad):
+    return doc.kind
+  return None if doc.strip() else 'empty'
+
+
+def tally(counts: Mapping[str, int]) -> str:
+  """'3 empty, 2 malformed' from counts keyed by PROBLEMS."""
+  return ', '.join(f'{counts[k]:,} {PROBLEMS[k]}' for k in PROBLEMS if counts.get(k))
+
+
+def no_text_fix(counts: Mapping[str, int], where: str) -> str:
+  if counts.get('missing'):
+    return f'set {where}.text_field to the key that holds the text, or fix the records'
+  return f'point {where}.path at files with text, or fix the records'
+
+
+def check_text(reader, cfg: SourceConfig, where: str) -> None:
+  """Reads records from the first until one holds text, so a source with none fails at start-up.
+
+  Without this an endless stream would skip its records for ever and never make a batch. A source
+  whose first _PROBE_RECORDS records hold no text is only warned about: the pipeline's tally stops
+  the run if the rest hold none either.
+  """
+  counts = collections.Counter()
+  example = None
+  n = min(len(reader), _PROBE_RECORDS)
+  for i in range(n):
+    doc = reader[i]
+    why = problem(doc)
+    if why is None:
+      return
+    counts[why] += 1
+    if example is None and isinstance(doc, Bad):
+      example = f'; e.g. {doc.where}: {doc.reason}'
+  name = f'{where} ({cfg.kind}:{expand(cfg.path)})'
+  if n < len(reader):
+    logging.warning('%s: the first %s records hold no text (%s%s); the run stops if none does',
+                    name, f'{n:,}', tally(counts), example or '')
+    return
+  raise ConfigError(f'{name} holds no usable text: of its {n:,} record(s), {tally(counts)}'
+                    f'{example or ""}; {no_text_fix(counts, where)}.')
 
 
 def describe(readers: Mapping[str, Any]) -> str:
@@ -168,9 +225,10 @@ class SourceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Bad:
-  """A record that could not be read: where it is ('file:line') and why."""
+  """A record that could not be read: where it is ('file:line'), why, and which PROBLEMS kind."""
   where: str
   reason: str
+  kind: str = 'malformed'   # malformed | missing (no text field) | not_text (field of another type)
 
 
 class _Files:
@@ -239,32 +297,59 @@ class ParquetFiles(_Files):
 
   def __init__(self, paths: list[str], field: str, where: str):
     try:
+      import pyarrow  # pylint: disable=import-outside-toplevel
       import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise ConfigError(f'{where} reads Parquet, which needs pyarrow; pip install pyarrow.'
                         ) from None
     self._pq = pq
+    self._errors = (OSError, ValueError, pyarrow.ArrowException)  # what damaged files raise
     self._field = field
+    self._where = where
     self._groups = []   # per file: cumulative rows at the end of each row group
     for path in paths:
-      meta = pq.ParquetFile(path).metadata
+      parquet = self._open(path)
+      meta = parquet.metadata
       names = [meta.schema.column(i).name for i in range(meta.num_columns)]
       if field not in names:
         raise ConfigError(f'{path} has no column {field!r} (its columns: '
                           f'{", ".join(map(repr, names[:8]))}); set {where}.text_field to the '
                           'column that holds the text.')
+      self._check_type(path, parquet.schema_arrow)
       self._groups.append(np.cumsum([meta.row_group(g).num_rows
                                      for g in range(meta.num_row_groups)], dtype=np.int64))
     super().__init__(paths, [int(g[-1]) if len(g) else 0 for g in self._groups])
     self._cache = collections.OrderedDict()
     self._lock = threading.Lock()
 
+  def _unreadable(self, path: str, what: str, error: Exception) -> ConfigError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip('.')
+    return ConfigError(f'{path} {what} ({reason}); replace the file, or leave it out of '
+                       f'{self._where}.path.')
+
+  def _open(self, path: str):
+    try:
+      return self._pq.ParquetFile(path)
+    except self._errors as e:
+      raise self._unreadable(path, 'is not a readable Parquet file', e) from None
+
+  def _check_type(self, path: str, schema) -> None:
+    # A column of numbers would make every row a bad record: refuse it before training starts.
+    i = schema.get_field_index(self._field)
+    if i >= 0 and not _holds_text(schema.field(i).type):  # i < 0: a nested leaf, checked per row
+      raise ConfigError(f'{path} column {self._field!r} holds {schema.field(i).type}, not text; '
+                        f'set {self._where}.text_field to the column that holds the text.')
+
   def _column(self, f: int, g: int):
     with self._lock:
       if (f, g) in self._cache:
         self._cache.move_to_end((f, g))
         return self._cache[(f, g)]
-    column = self._pq.ParquetFile(self.paths[f]).read_row_group(g, columns=[self._field])
+    try:
+      column = self._open(self.paths[f]).read_row_group(g, columns=[self._field])
+    except self._errors as e:
+      # Damaged data, not a bad record: every row of the group is lost, so stop and say where.
+      raise self._unreadable(self.paths[f], f'row group {g} cannot be read', e) from None
     column = column.column(0)
     with self._lock:
       self._cache[(f, g)] = column
@@ -287,8 +372,19 @@ class ParquetFiles(_Files):
     if isinstance(value, bytes):
       return decode(value, where)
     if not isinstance(value, str):
-      return Bad(where, f'column {self._field!r} holds a {type(value).__name__}, not text')
+      return Bad(where, f'column {self._field!r} holds a {type(value).__name__}, not text',
+                 'not_text')
     return value
+
+
+def _holds_text(kind) -> bool:
+  """Whether a pyarrow type reads as str or bytes (or only nulls), dictionary-encoded or not."""
+  import pyarrow.types as t  # pylint: disable=import-outside-toplevel
+  if t.is_dictionary(kind):
+    kind = kind.value_type
+  return (t.is_string(kind) or t.is_large_string(kind) or t.is_binary(kind) or
+          t.is_large_binary(kind) or t.is_null(kind) or
+          getattr(t, 'is_string_view', t.is_string)(kind))
 
 
 class ArrayRecords(_Files):

@@ -53,8 +53,10 @@ class PplConfig:
     if not self.lengths or min(self.lengths) < 2 * self.chunk:
       raise ConfigError(f'config.ppl.lengths must be at least two chunks ({2 * self.chunk} '
                         'tokens) each.')
-    if self.chunk <= 0 or self.mc_samples <= 0 or self.chunk_stride <= 0:
-      raise ConfigError('config.ppl.chunk, mc_samples and chunk_stride must be positive.')
+    for name in ('chunk', 'mc_samples', 'mc_batch', 'chunk_stride'):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f'config.ppl.{name}={getattr(self, name)} must be positive; set it to 1 '
+                          'or more.')
     if self.mc_samples % self.mc_batch:
       raise ConfigError(f'config.ppl.mc_samples={self.mc_samples} is not a multiple of '
                         f'mc_batch={self.mc_batch}.')
@@ -140,9 +142,12 @@ def run(config, scorer: runner.ModelScorer | None = None, tok=None) -> dict:
   """The eval_ppl job; `scorer` and `tok` replace the checkpoint's (tests)."""
   cfg = from_section(PplConfig, config.get('ppl'), 'config.ppl')
   ecfg = runner.eval_config(config)
+  if ecfg.oracle:
+    raise ConfigError('config.eval.oracle=True does not apply to eval_ppl, which has no oracle '
+                      '(a perplexity needs a model); drop it and pass --config.checkpoint=DIR.')
   paths = runner.output_paths(config, ecfg, 'ppl')
   if scorer is None:
-    model, tok, info = runner.load(config)
+    model, tok, info = runner.load(config, oracle=False)
     model, put, context = runner.place(model, config, ecfg)
     scorer = runner.ModelScorer(model, ecfg.batch_size, ecfg.pad_multiple, put, context)
   else:
