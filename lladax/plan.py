@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import re
-import tempfile
 import time
 
 import jax
 
-from lladax import flops, model_config, optimizer, sharding, tpu_chips, train, train_step
+from lladax import files, flops, model_config, optimizer, sharding, tpu_chips, train, train_step
 from lladax.config import ConfigError, from_section
 from lladax.data import simple
 
@@ -333,11 +331,7 @@ def report(records: list[dict], job: _Job, topology: str, best: dict | None) -> 
 
 
 def _write_json(path: str, value) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile('w', dir=folder, delete=False, suffix='.tmp') as f:
-    json.dump(value, f, indent=2)
-  os.replace(f.name, path)
+  files.write_json(path, value, indent=2)
 
 
 def run(config) -> dict:

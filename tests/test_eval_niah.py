@@ -174,7 +174,8 @@ def test_command_line_runs_the_recipe_with_an_oracle(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'lladax.main', '--config', 'configs/eval_niah.py',
        f'--config.workdir={tmp_path}', '--config.eval.oracle=True', '--config.tokenizer.kind=bytes',
-       '--config.niah.protocol=lladax', '--config.niah.grid=custom', '--config.niah.lengths=(700,)', '--config.niah.repeats=1',
+       '--config.niah.protocol=lladax', '--config.niah.grid=custom',
+       '--config.niah.lengths=(700,)', '--config.niah.repeats=1',
        '--config.niah.depths=(0.0,100.0)'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -17,7 +17,6 @@ of host memory on CPU) is not run, and neither are longer sequences of that kern
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lladax import files
 from lladax.attention import KERNELS, attention
 from lladax.config import ConfigError, choice, from_section
 
@@ -223,12 +223,8 @@ def run(config) -> list[dict]:
       if row['status'] != 'ok':
         break   # longer sequences will not fit either
   if config.get('workdir'):
-    os.makedirs(config.workdir, exist_ok=True)
-    path = os.path.join(config.workdir, 'attention_bench.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump({'platform': platform, 'bench': dataclasses.asdict(b), 'results': results}, f,
-                indent=1)
-    os.replace(path + '.tmp', path)
+    report = {'platform': platform, 'bench': dataclasses.asdict(b), 'results': results}
+    path = files.write_json(os.path.join(config.workdir, 'attention_bench.json'), report, indent=1)
     print(f'wrote {path}')
   return results
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import logging
 import os
 import tempfile
 import time
 
-from lladax import flops as flops_lib
+from lladax import files, flops as flops_lib
 from lladax.config import ConfigError, choice, from_section
 from lladax.data import pipeline, sources, tokenizers
 from lladax.model_config import ModelConfig
@@ -145,11 +144,8 @@ def run(config) -> list[dict]:
               f'{row["demand_per_host"]:>18,.0f} {row["step_seconds"]:>7.1f} '
               f'{row["headroom"]:>8.0f}x', flush=True)
   if config.get('workdir'):
-    os.makedirs(config.workdir, exist_ok=True)
-    path = os.path.join(config.workdir, 'data_bench.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump({'bench': dataclasses.asdict(b), 'results': results}, f, indent=1)
-    os.replace(path + '.tmp', path)
+    path = files.write_json(os.path.join(config.workdir, 'data_bench.json'),
+                            {'bench': dataclasses.asdict(b), 'results': results}, indent=1)
     print(f'wrote {path}')
   return results
 

@@ -19,8 +19,9 @@ CHAT_EOT = '<|eot_id|>'
 
 class Tokenizer(Protocol):
   """encode(text, add_special_tokens=True) adds what the tokenizer itself adds around a text, as
-  Hugging Face's `tokenizer(text)` does (only tokenizer.json files define any); decode(ids,
-  skip_special_tokens=True) drops special tokens, as `batch_decode(..., skip_special_tokens=True)`."""
+  Hugging Face's `tokenizer(text)` does (only tokenizer.json files define any);
+  decode(ids, skip_special_tokens=True) drops special tokens, as
+  `batch_decode(..., skip_special_tokens=True)` does."""
   vocab_size: int
 
   def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...

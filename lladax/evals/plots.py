@@ -2,8 +2,9 @@
 job draws, so the library works without it (jobs check with runner.try_plot)."""
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
+
+from lladax import files
 
 
 def _pyplot():
@@ -14,9 +15,8 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=110, bbox_inches='tight')
-  os.replace(tmp, path)
+  with files.replacing(path, binary=True) as f:
+    fig.savefig(f, format='png', dpi=110, bbox_inches='tight')
   return path
 
 

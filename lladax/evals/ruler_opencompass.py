@@ -654,7 +654,8 @@ def summarise(scores: dict[str, dict[str, float]], lengths: Sequence[int]) -> di
     if present and len(present) == len(members):
       groups[name] = {str(l): sum(scores[t][str(l)] for t in present) / len(present)
                       for l in lengths}
-  groups[average_name(ran)] = {str(l): sum(scores[t][str(l)] for t in ran) / len(ran) for l in lengths}
+  groups[average_name(ran)] = {str(l): sum(scores[t][str(l)] for t in ran) / len(ran)
+                               for l in lengths}
   return groups
 
 

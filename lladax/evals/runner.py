@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from lladax import checkpoint, diffusion, model_config, sampler
+from lladax import checkpoint, diffusion, files, model_config, sampler
 from lladax.config import ConfigError, choice, from_section
 from lladax.data import tokenizers
 from lladax.evals import protocols
@@ -388,12 +388,10 @@ class ResultStore:
                         '); delete it, set --config.eval.resume=False, or use another workdir.')
 
   def _rewrite(self):
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with files.replacing(self.path) as f:
       f.write(json.dumps({'settings': self.settings}) + '\n')
       for key, result in self.results.items():
         f.write(json.dumps({'key': json.loads(key), 'result': result}) + '\n')
-    os.replace(tmp, self.path)
 
   def __contains__(self, key: dict) -> bool:
     return canonical(key) in self.results
@@ -453,21 +451,16 @@ def output_paths(config, ecfg: EvalConfig, job: str) -> dict[str, str]:
 
 
 def write_json(path: str, value) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(_jsonable(value), f, indent=2, ensure_ascii=False)
-  os.replace(tmp, path)
+  files.write_json(path, _jsonable(value), indent=2, ensure_ascii=False)
 
 
 def write_csv(path: str, rows: Iterable[dict]) -> None:
   import csv  # pylint: disable=import-outside-toplevel
   rows = list(rows)
-  tmp = path + '.tmp'
-  with open(tmp, 'w', newline='', encoding='utf-8') as f:
+  with files.replacing(path, newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(tmp, path)
 
 
 def try_plot(fn: Callable, *args, **kwargs) -> str | None:

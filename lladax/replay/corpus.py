@@ -22,6 +22,7 @@ import zlib
 
 import numpy as np
 
+from lladax import files
 from lladax.config import ConfigError
 from lladax.evals import niah, words
 
@@ -155,12 +156,9 @@ def prose_chunks(docs: list[str], tokenizer, *, count: int, longest: int,
 
 def write_jsonl(path: str, records: list) -> str:
   """One JSON record per line: {'text': r} for a string, r itself for a mapping."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
+  with files.replacing(path) as f:
     for r in records:
       f.write(json.dumps({'text': r} if isinstance(r, str) else r) + '\n')
-  os.replace(tmp, path)
   return path
 
 
