@@ -4,10 +4,13 @@ import dataclasses
 import errno
 import math
 import os
+import subprocess
+import sys
 
 import ml_collections
 import pytest
 
+import helpers
 from helpers import repo_module, run_lladax, tiny_config
 from lladax import config as config_lib, hf_params, jobs, main, sharding
 from lladax.config import ConfigError
@@ -22,16 +25,6 @@ def one_sentence(*args) -> str:
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.startswith('lladax: ') and proc.stderr.count('\n') == 1, proc.stderr[-2000:]
   return proc.stderr
-
-
-def last_line_only(*args) -> str:
-  """The error of a job that logged its progress before failing as one `lladax:` line."""
-  proc = run_lladax(*args, check=False)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.splitlines()
-  assert 'Traceback' not in proc.stderr and lines[-1].startswith('lladax: '), proc.stderr[-2000:]
-  assert sum(line.startswith('lladax:') for line in lines) == 1
-  return lines[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,16 +50,37 @@ def test_a_workdir_that_is_a_file_is_refused_before_the_job_starts(tmp_path):
   assert path.read_text() == 'mine'
 
 
+FULL_DISK = """
+import builtins, os
+_open, _workdir = builtins.open, os.environ['LLADAX_TEST_FULL_DIR']
+
+def _full(file, mode='r', *args, **kwargs):
+  # Every file the job writes under the workdir is /dev/full, which fails writes with ENOSPC.
+  if isinstance(file, str) and file.startswith(_workdir) and set(mode) & set('wxa'):
+    return _open('/dev/full', mode.replace('x', 'w'), *args, **kwargs)
+  return _open(file, mode, *args, **kwargs)
+
+builtins.open = _full
+"""
+
+
 def test_a_full_disk_is_one_sentence_naming_where(tmp_path):
-  # /dev/full fails every write with ENOSPC, as a full disk does.
-  os.symlink('/dev/full', tmp_path / 'attention_bench.json.tmp')
-  err = last_line_only(
-      '--config', 'configs/attention_bench.py', f'--config.workdir={tmp_path}',
-      "--config.bench.kernels=('reference',)", '--config.bench.min_seq_len=16',
-      '--config.bench.max_seq_len=16', '--config.bench.heads=1', '--config.bench.head_dim=8',
-      '--config.bench.repeats=1', '--config.bench.backward=False')
-  assert f'the disk is full: a file in {tmp_path} could not be written' in err
-  assert 'free space there or pass another --config.workdir' in err
+  site, workdir = tmp_path / 'site', tmp_path / 'work'
+  site.mkdir()
+  (site / 'sitecustomize.py').write_text(FULL_DISK)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=f'{site}{os.pathsep}{helpers.ROOT}',
+             LLADAX_TEST_FULL_DIR=str(workdir))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'lladax.main', '--config', 'configs/attention_bench.py',
+       f'--config.workdir={workdir}', "--config.bench.kernels=('reference',)",
+       '--config.bench.min_seq_len=16', '--config.bench.max_seq_len=16', '--config.bench.heads=1',
+       '--config.bench.head_dim=8', '--config.bench.repeats=1', '--config.bench.backward=False'],
+      cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.splitlines()
+  assert 'Traceback' not in proc.stderr and sum(l.startswith('lladax:') for l in lines) == 1
+  assert f'the disk is full: a file in {workdir} could not be written' in lines[-1]
+  assert 'free space there or pass another --config.workdir' in lines[-1]
 
 
 # ---------------------------------------------------------------------------------------------
