@@ -8,13 +8,18 @@ import os
 import uuid
 
 
+def temporary_name(name: str) -> str:
+  """A hidden name beside `name` that no user file and no other run has."""
+  return f'.{name}.{uuid.uuid4().hex[:8]}.tmp'
+
+
 @contextlib.contextmanager
 def replacing(path: str, binary: bool = False, newline: str | None = None):
   """Yields a new file (opened 'x' for writing, text in UTF-8 unless `binary`) beside `path`,
   which replaces `path` when the block completes and is removed if it fails."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f'.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp')
+  tmp = os.path.join(folder, temporary_name(os.path.basename(path)))
   try:
     if binary:
       with open(tmp, 'xb') as f:

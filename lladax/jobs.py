@@ -75,18 +75,6 @@ def check_sequence_split(config, devices=None) -> None:
                                 devices)
 
 
-def check_pipeline_section(config) -> None:
-  """The Grain source reads config.pipeline; without one its defaults (131072 tokens per row)
-  would be reported as if the user had set them."""
-  if config.get('job') not in TRAINS_HERE or 'pipeline' in config:
-    return
-  if (config.get('data') or {}).get('source') == 'pipeline':
-    raise ConfigError("config.data.source='pipeline' needs a config.pipeline section (its "
-                      'sources and packing); add c.pipeline = presets.section('
-                      'presets.pipeline_config(), sources=(...), seq_len=...) to the recipe, '
-                      'or choose another config.data.source.')
-
-
 def check_workdir(path: str) -> None:
   """ConfigError unless `path` is, or can be made, a folder this process can write to; found
   now, not when the first metrics line or checkpoint is written minutes later."""
@@ -116,7 +104,6 @@ def run(config):
     raise ConfigError(f'config.job={job!r} is not a job; choose one of {", ".join(sorted(JOBS))}.')
   check_sections(config)
   check_sequence_split(config)
-  check_pipeline_section(config)
   if job in WRITES_WORKDIR:
     check_workdir(config.get('workdir') or '')
   module, fn = JOBS[job].split(':')

@@ -14,6 +14,8 @@ import math
 import jax
 from etils import epath
 
+from lladax import files
+
 
 class MetricsWriter:
   """start_step: the step this run starts from; records of later steps are dropped first. None
@@ -67,7 +69,7 @@ def drop_after(path: epath.Path, step: int) -> None:
   keep = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
   if len(keep) == len(lines):
     return
-  tmp = path.parent / (path.name + '.tmp')
+  tmp = path.parent / files.temporary_name(path.name)   # epath: gs:// too
   tmp.write_text(''.join(line + '\n' for line in keep))
   tmp.replace(path)
   logging.info('%s: dropped %d records after step %d, where this run resumes', path,

@@ -94,8 +94,12 @@ def open_batches(config, dcfg: simple.DataConfig, tokenizer, mcfg, *, rows: int,
       raise ConfigError('config.train.eval_every needs config.eval_pipeline: held-out sources '
                         'for the validation loss (a PipelineConfig section like config.pipeline).')
     if not config.get(section):
+      # Without one, PipelineConfig's defaults (131072 tokens a row) would be reported as if
+      # the recipe had set them.
       raise ConfigError(f"config.data.source='pipeline' needs a config.{section} section (its "
-                        'sources and packing); add one to the recipe.')
+                        f'sources and packing); add c.{section} = presets.section('
+                        'presets.pipeline_config(), sources=(...), seq_len=...) to the recipe, '
+                        'or choose another config.data.source.')
     pcfg = from_section(pipeline_lib.PipelineConfig, config.get(section), f'config.{section}')
     if pcfg.seq_len != dcfg.seq_len:
       raise ConfigError(f'config.{section}.seq_len={pcfg.seq_len} (set in the recipe) differs '

@@ -87,13 +87,19 @@ def test_flipped_bytes_fail_the_checksums_and_the_previous_step_is_used(tmp_path
   assert "first ['w']" in caplog.text and '2.corrupt' in caplog.text
 
 
-def test_a_resume_in_another_param_dtype_is_verified_as_stored_then_cast(tmp_path):
+def reopened_with(tmp_path, w):
+  """A run's checkpoints holding step 3, reopened by a run whose params['w'] is `w`, and that
+  run's target."""
   ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
   ckpt.save(3, state(3), None)
   ckpt.close()
-  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
   target = abstract()
-  target['params']['w'] = jax.ShapeDtypeStruct((4, 3), jnp.bfloat16)
+  target['params']['w'] = w
+  return TrainCheckpoints(str(tmp_path), CheckpointConfig(), META), target
+
+
+def test_a_resume_in_another_param_dtype_is_verified_as_stored_then_cast(tmp_path):
+  ckpt, target = reopened_with(tmp_path, jax.ShapeDtypeStruct((4, 3), jnp.bfloat16))
   step, got, _ = ckpt.restore_latest(target)
   ckpt.close()
   assert step == 3 and got['params']['w'].dtype == jnp.bfloat16
@@ -101,12 +107,7 @@ def test_a_resume_in_another_param_dtype_is_verified_as_stored_then_cast(tmp_pat
 
 
 def test_a_checkpoint_with_other_arrays_is_refused_not_moved_aside(tmp_path):
-  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
-  ckpt.save(3, state(3), None)
-  ckpt.close()
-  ckpt = TrainCheckpoints(str(tmp_path), CheckpointConfig(), META)
-  target = abstract()
-  target['params']['w'] = jax.ShapeDtypeStruct((4, 5), jnp.float32)
+  ckpt, target = reopened_with(tmp_path, jax.ShapeDtypeStruct((4, 5), jnp.float32))
   with pytest.raises(ConfigError, match=r"holds other arrays than this run \(\['params'\]\['w'\]"):
     ckpt.restore_latest(target)
   ckpt.close()
