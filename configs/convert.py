@@ -10,7 +10,7 @@ tokenizer.json is copied beside the parameters so that the generate job finds it
       --config.checkpoint=/ckpt/lladax-8b-base --config.sample.prompt='The capital of France is'
 """
 from lladax import presets
-from lladax.convert import ConvertConfig
+from lladax.hf.convert import ConvertConfig
 
 
 def get_config():

@@ -7,7 +7,7 @@
 of the original checkpoint; `--config.export.dtype=bfloat16` casts a float32 (trained) model.
 """
 from lladax import presets
-from lladax.export import ExportConfig
+from lladax.hf.export import ExportConfig
 
 
 def get_config():

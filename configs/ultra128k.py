@@ -19,7 +19,8 @@ Recipe (PAPERS.md section 3; [guess] marks what the paper does not state and we 
       --config.pipeline.sources="('text:/data/pg19/train/*.txt',)" --config.workdir=gs://bucket/ultra128k
   python -m lladax.main --config configs/ultra128k.py --config.job=plan   # memory plan, v5p-128
 """
-from lladax import plan, presets, sharding, train_step
+from lladax import plan, presets, sharding
+from lladax.train import step as train_step
 
 
 def get_config():

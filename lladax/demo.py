@@ -7,7 +7,8 @@ import os
 import jax
 import numpy as np
 
-from lladax import sampler, train
+from lladax import sampler
+from lladax.train import job as train
 from lladax.data import retrieval
 
 

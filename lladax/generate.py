@@ -5,7 +5,7 @@ import logging
 
 import jax
 
-from lladax import checkpoint, model_config, sampler
+from lladax import model_config, sampler, saved_model
 from lladax.config import ConfigError, from_section
 from lladax.data import tokenizers
 
@@ -17,7 +17,7 @@ def run(config) -> str:
   scfg = sampler.from_config(config)
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
   recipe = from_section(model_config.ModelConfig, config.model, 'config.model')
-  model, meta = checkpoint.load_with_rope(config.checkpoint, rope_cfg,
+  model, meta = saved_model.load_with_rope(config.checkpoint, rope_cfg,
                                           **model_config.compute_settings(recipe))
   cfg = model.cfg
   tok = tokenizers.load(

@@ -10,11 +10,11 @@ from lladax.config import ConfigError, from_section
 
 JOBS = {
     'describe': 'lladax.describe:run',
-    'train': 'lladax.train:run',
+    'train': 'lladax.train.job:run',
     'demo': 'lladax.demo:run',
     'generate': 'lladax.generate:run',
-    'convert': 'lladax.convert:run',
-    'export': 'lladax.export:run',
+    'convert': 'lladax.hf.convert:run',
+    'export': 'lladax.hf.export:run',
     'data_bench': 'lladax.data.bench:run',
     'plan': 'lladax.plan:run',
     'attention_bench': 'lladax.attention.bench:run',
@@ -36,7 +36,10 @@ TRAINS_HERE = ('train', 'demo')
 def sections() -> dict:
   """Recipe section name -> the dataclass that reads it."""
   # pylint: disable=import-outside-toplevel
-  from lladax import model_config, optimizer, plan, sharding, train, train_step
+  from lladax import model_config, plan, sharding
+  from lladax.train import optimizer
+  from lladax.train import job as train
+  from lladax.train import step as train_step
   from lladax.data import simple, tokenizers
   from lladax.replay import settings as replay
   return {'model': model_config.ModelConfig, 'rope': model_config.RopeConfig,

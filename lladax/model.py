@@ -163,3 +163,14 @@ def init(cfg: ModelConfig, seed: int = 0) -> LLaDA:
 def abstract(cfg: ModelConfig) -> LLaDA:
   """The model with ShapeDtypeStructs instead of arrays: for planning and checkpoint restore."""
   return nnx.eval_shape(lambda: LLaDA(cfg, nnx.Rngs(params=0)))
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """lladax parameter name ('wte', 'blocks.q_proj', ..., 'lm_head') -> stacked shape."""
+  shaped = abstract(cfg)
+  shapes = {'wte': shaped.wte.shape, 'ln_f': shaped.ln_f.shape}
+  for name in BLOCK_PARAMS:
+    shapes[f'blocks.{name}'] = getattr(shaped.blocks, name).shape
+  if not cfg.weight_tying:
+    shapes['lm_head'] = shaped.lm_head.shape
+  return shapes

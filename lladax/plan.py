@@ -27,7 +27,10 @@ import time
 
 import jax
 
-from lladax import files, flops, model_config, optimizer, sharding, tpu_chips, train, train_step
+from lladax import files, flops, model_config, sharding, tpu_chips
+from lladax.train import optimizer
+from lladax.train import job as train
+from lladax.train import step as train_step
 from lladax.config import ConfigError, from_section
 from lladax.data import simple
 

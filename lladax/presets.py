@@ -10,9 +10,9 @@ from ml_collections import config_dict
 
 from lladax.data import simple, tokenizers
 from lladax.model_config import ModelConfig, RopeConfig
-from lladax.optimizer import OptimConfig
+from lladax.train.optimizer import OptimConfig
 from lladax.sampler import SamplerConfig
-from lladax.train import TrainConfig
+from lladax.train.job import TrainConfig
 
 
 def _field_type(annotation):

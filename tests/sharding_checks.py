@@ -23,7 +23,8 @@ import optax
 from flax import nnx
 
 from helpers import tiny_config
-from lladax import attention, diffusion, model as model_lib, sharding, train_step
+from lladax import attention, diffusion, model as model_lib, sharding
+from lladax.train import step as train_step
 from lladax.config import ConfigError
 
 jax.config.update('jax_default_matmul_precision', 'highest')

@@ -12,11 +12,12 @@ import pytest
 
 import helpers
 from helpers import repo_module, run_lladax, tiny_config
-from lladax import config as config_lib, hf_params, jobs, main, sharding
+from lladax import config as config_lib, jobs, main, sharding
+from lladax.hf import params as hf_params
 from lladax.config import ConfigError
 from lladax.evals import perplexity
 from lladax.model_config import ModelConfig, RopeConfig
-from lladax.optimizer import OptimConfig
+from lladax.train.optimizer import OptimConfig
 
 
 def one_sentence(*args) -> str:

@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torch_llada as tl
-from lladax import checkpoint, convert, export, jobs
+from lladax import jobs, saved_model
+from lladax.hf import convert
+from lladax.hf import export
 from lladax.config import ConfigError
 from test_tokenizers import BOS, EOT, write_tokenizer
 
@@ -42,7 +44,7 @@ def torch_logits(model, ids, **config):
 
 
 def lladax_logits(path, ids, **overrides):
-  model, _ = checkpoint.load_model(path, **overrides)
+  model, _ = saved_model.load_model(path, **overrides)
   return np.asarray(model(jnp.asarray(ids)))
 
 
@@ -75,7 +77,7 @@ def test_float32_logits_match_pytorch(f32, length, theta_scale):
 
 def test_rope_theta_through_dataclasses_replace(f32):
   model, _, path = f32
-  loaded, _ = checkpoint.load_model(path)
+  loaded, _ = saved_model.load_model(path)
   loaded.cfg = dataclasses.replace(loaded.cfg, rope_theta=4 * model.c['rope_theta'])
   ids = ids_of(40)
   want = torch_logits(model, ids, rope_theta=4 * model.c['rope_theta'])
@@ -88,7 +90,7 @@ def test_bfloat16_logits_match_pytorch_within_bf16_rounding(tmp_path):
   # lladax's error against float32 is no larger than 1.5x PyTorch's own bf16 error.
   model = make_hf(tmp_path / 'hf', torch.bfloat16, torch_dtype='bfloat16')
   path = convert.convert(str(tmp_path / 'hf'), str(tmp_path / 'lladax'))
-  cfg, _ = checkpoint.read_config(path)
+  cfg, _ = saved_model.read_config(path)
   assert (cfg.param_dtype, cfg.dtype) == ('bfloat16', 'bfloat16')
   ids = ids_of(24)
   want, got = torch_logits(model, ids), lladax_logits(path, ids)
@@ -104,7 +106,7 @@ def test_bfloat16_logits_match_pytorch_within_bf16_rounding(tmp_path):
 def test_grouped_query_attention_and_tied_head(tmp_path):
   model = make_hf(tmp_path / 'hf', n_shards=2, n_kv_heads=2, weight_tying=True)
   path = convert.convert(str(tmp_path / 'hf'), str(tmp_path / 'lladax'))
-  cfg, _ = checkpoint.read_config(path)
+  cfg, _ = saved_model.read_config(path)
   assert (cfg.kv_heads, cfg.weight_tying) == (2, True)
   ids = ids_of(16)
   assert np.abs(lladax_logits(path, ids) - torch_logits(model, ids)).max() <= 1e-4
@@ -149,7 +151,7 @@ def test_bin_with_pickled_code_is_refused_without_running_it(tmp_path):
 
 def test_config_special_ids_and_tokenizer_come_from_the_checkpoint(f32):
   _, hf_dir, path = f32
-  cfg, meta = checkpoint.read_config(path)
+  cfg, meta = saved_model.read_config(path)
   with open(os.path.join(hf_dir, 'config.json')) as f:
     hf = json.load(f)
   assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.kv_heads,
@@ -162,7 +164,7 @@ def test_config_special_ids_and_tokenizer_come_from_the_checkpoint(f32):
       hf['mask_token_id'], hf['eos_token_id'], hf['pad_token_id'])
   # Not in config.json: found in tokenizer.json by token string.
   assert (cfg.bos_token_id, cfg.eot_token_id) == (BOS, EOT)
-  with open(os.path.join(path, checkpoint.CONFIG_FILE)) as f:
+  with open(os.path.join(path, saved_model.CONFIG_FILE)) as f:
     assert json.load(f)['tokenizer'] == {'kind': 'hf', 'path': 'tokenizer.json'}
   assert meta['tokenizer'] == {'kind': 'hf', 'path': os.path.join(path, 'tokenizer.json')}
   assert os.path.exists(meta['tokenizer']['path'])
@@ -345,7 +347,7 @@ def test_failure_while_writing_leaves_nothing(hf, monkeypatch):
 # VmHWM, not ru_maxrss: after fork+exec ru_maxrss also counts the parent's (pytest's) peak.
 _CHILD = textwrap.dedent('''
     import json, sys
-    from lladax import convert
+    from lladax.hf import convert
 
     def status(key):
       with open('/proc/self/status') as f:
@@ -367,14 +369,15 @@ def synthetic_checkpoint(directory, n_layers, d=512, f=2048, vocab=2048, n_heads
     PYTHONPATH=.:tests python -c "import test_convert as t; t.synthetic_checkpoint('/tmp/llada1b',
         n_layers=16, d=2048, f=5632, vocab=126464, n_heads=16)"
   """
-  from lladax import export, hf_params  # pylint: disable=import-outside-toplevel
+  from lladax.hf import export  # pylint: disable=import-outside-toplevel
+  from lladax.hf import params as hf_params
   hf = tl.tiny_config(d_model=d, n_heads=n_heads, n_kv_heads=n_heads, n_layers=n_layers,
                       mlp_hidden_size=f, vocab_size=vocab, embedding_size=vocab,
                       mask_token_id=vocab - 3, eos_token_id=vocab - 2, pad_token_id=vocab - 2,
                       torch_dtype='bfloat16')
   cfg = hf_params.config_from_hf(hf, param_dtype='bfloat16', dtype='bfloat16')
   rng = np.random.default_rng(0)
-  bf16 = convert.SAFETENSORS_DTYPES['BF16']
+  bf16 = hf_params.SAFETENSORS_DTYPES['BF16']
   draws = {}
   tensors = []
   for name, shape in hf_params.expected_tensors(cfg).items():

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from helpers import repo_module
-from lladax import checkpoint, model as model_lib, presets
+from lladax import model as model_lib, presets, saved_model
 from lladax.config import from_section
 from lladax.model_config import ModelConfig
 
@@ -18,7 +18,7 @@ def tiny_model_config(**overrides) -> ModelConfig:
 
 def save_tiny(path, seed=0, **overrides) -> str:
   model = model_lib.init(tiny_model_config(**overrides), seed)
-  return checkpoint.save_model(str(path), model, {'tokenizer': {'kind': 'bytes', 'path': ''}})
+  return saved_model.save_model(str(path), model, {'tokenizer': {'kind': 'bytes', 'path': ''}})
 
 
 @pytest.fixture(scope='session')
@@ -41,6 +41,6 @@ def recipe(name: str, workdir, **sections):
 
 
 def test_tiny_checkpoint_round_trips(tiny_checkpoint):
-  cfg, meta = checkpoint.read_config(tiny_checkpoint)
+  cfg, meta = saved_model.read_config(tiny_checkpoint)
   assert dataclasses.asdict(cfg) == dataclasses.asdict(tiny_model_config())
   assert meta['tokenizer']['kind'] == 'bytes'

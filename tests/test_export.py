@@ -13,7 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import torch_llada as tl
-from lladax import checkpoint, convert, export, jobs
+from lladax import jobs, saved_model
+from lladax.hf import convert
+from lladax.hf import export
 from lladax.config import ConfigError
 from test_convert import _config, ids_of, lladax_logits, make_hf, torch_logits
 
@@ -72,8 +74,8 @@ def test_sharded_layout_and_index(bf16):
 def test_import_export_import_is_bit_exact(bf16, tmp_path):
   _, _, lladax_dir, out = bf16
   again = convert.convert(out, str(tmp_path / 'again'))
-  assert checkpoint.read_config(again)[0] == checkpoint.read_config(lladax_dir)[0]
-  first, second = checkpoint.open_params(lladax_dir), checkpoint.open_params(again)
+  assert saved_model.read_config(again)[0] == saved_model.read_config(lladax_dir)[0]
+  first, second = saved_model.open_params(lladax_dir), saved_model.open_params(again)
   assert sorted(first) == sorted(second)
   for name, store in first.items():
     a, b = store.read().result(), second[name].read().result()
@@ -92,7 +94,7 @@ def test_export_of_a_trained_model_matches_lladax_logits(bf16, tmp_path):
   # A "post-trained" model: the converted weights in float32, changed, saved by save_model (the
   # train job's path), then exported; PyTorch must reproduce lladax's logits.
   _, _, lladax_dir, _ = bf16
-  model, meta = checkpoint.load_model(lladax_dir, param_dtype='float32', dtype='float32')
+  model, meta = saved_model.load_model(lladax_dir, param_dtype='float32', dtype='float32')
   params = nnx.state(model, nnx.Param)
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(1)
@@ -100,7 +102,7 @@ def test_export_of_a_trained_model_matches_lladax_logits(bf16, tmp_path):
       x + 0.05 * rng.standard_normal(x.shape, np.float32) for x in leaves]))
   # As the train job saves it: the tokenizer but not the original config.json, so the export
   # starts from LLaDA-8B's config.json template.
-  trained = checkpoint.save_model(str(tmp_path / 'trained'), model,
+  trained = saved_model.save_model(str(tmp_path / 'trained'), model,
                                   {'tokenizer': meta['tokenizer']})
   out = export.export(trained, str(tmp_path / 'hf32'))
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors', 'tokenizer.json']
@@ -143,9 +145,9 @@ def test_export_job_copies_original_code_files(bf16, tmp_path):
 
 def test_export_refuses_what_pytorch_llada_cannot_express(bf16, tmp_path):
   _, _, lladax_dir, _ = bf16
-  model, meta = checkpoint.load_model(lladax_dir)
+  model, meta = saved_model.load_model(lladax_dir)
   model.cfg = dataclasses.replace(model.cfg, rope_position_scale=0.5)
-  interpolated = checkpoint.save_model(str(tmp_path / 'interpolated'), model, meta)
+  interpolated = saved_model.save_model(str(tmp_path / 'interpolated'), model, meta)
   with pytest.raises(ConfigError, match='rope_position_scale=0.5'):
     export.export(interpolated, str(tmp_path / 'out'))
   assert not [f for f in os.listdir(tmp_path) if f.startswith('out')]  # nor a temporary folder

@@ -23,7 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__':
   sys.path.insert(0, ROOT)
 
-from lladax import checkpoint, train, train_checkpoint, train_data, train_step  # noqa: E402
+from lladax import saved_model  # noqa: E402
+from lladax.train import job as train  # noqa: E402
+from lladax.train import checkpoints as train_checkpoint  # noqa: E402
+from lladax.train import batches as train_data  # noqa: E402
+from lladax.train import step as train_step  # noqa: E402
 from lladax.config import ConfigError  # noqa: E402
 from test_train_resume import losses, recipe  # noqa: E402
 
@@ -98,7 +102,7 @@ def child(workdir: str, steps: int, fault: str) -> None:
       return await finalize(self)
     atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
   elif fault == 'final_save':
-    save_model, ckpt_save = checkpoint.save_model, ocp.StandardCheckpointer.save
+    save_model, ckpt_save = saved_model.save_model, ocp.StandardCheckpointer.save
     state = {'final': False}
 
     def marked_save_model(*args, **kwargs):
@@ -110,7 +114,7 @@ def child(workdir: str, steps: int, fault: str) -> None:
       if state['final']:   # the parameters are written, the model folder not yet complete
         self.wait_until_finished()
         die()
-    checkpoint.save_model = marked_save_model
+    saved_model.save_model = marked_save_model
     ocp.StandardCheckpointer.save = killing_save
   train.run(faulty(workdir, steps))
 
@@ -139,7 +143,7 @@ def test_a_kill_during_the_final_save_is_repaired_by_the_rerun(tmp_path, full, c
   assert not (tmp_path / 'model').exists()
   rerun = train.run(faulty(tmp_path, STEPS))
   assert rerun['model_dir'] == str(tmp_path / 'model') and rerun['history'] == []
-  loaded, _ = checkpoint.load_model(rerun['model_dir'])
+  loaded, _ = saved_model.load_model(rerun['model_dir'])
   assert_same_model(loaded, full[1])
   assert metric_steps(tmp_path) == list(range(1, STEPS + 1))
 

@@ -9,7 +9,9 @@ import shutil
 
 import pytest
 
-from lladax import checkpoint, convert, export
+from lladax import saved_model
+from lladax.hf import convert
+from lladax.hf import export
 from lladax.config import ConfigError
 from test_convert import _edit_tensors, make_hf
 
@@ -61,18 +63,18 @@ def test_folders_named_like_a_temporary_output_are_kept(hf, tmp_path, caplog):
     assert (tmp_path / name / 'mine.txt').read_text() == 'user data'
     assert f'{tmp_path / name} was left by an interrupted save' in caplog.text
   assert _siblings(out) == ['out', 'out.tmp', 'out.tmp-0123abcd']
-  checkpoint.load_model(str(out))
+  saved_model.load_model(str(out))
 
 
 def test_a_leftover_of_a_killed_final_save_does_not_block_the_rerun(made, tmp_path):
   # train's final save is save_model(<workdir>/model, ..., overwrite=True).
-  loaded, meta = checkpoint.load_model(made[1])
+  loaded, meta = saved_model.load_model(made[1])
   (tmp_path / 'model.tmp').mkdir()
   (tmp_path / 'model.tmp' / 'half').write_text('x')
-  checkpoint.save_model(str(tmp_path / 'model'), loaded, meta)
-  checkpoint.save_model(str(tmp_path / 'model'), loaded, meta)  # replaces its own output
+  saved_model.save_model(str(tmp_path / 'model'), loaded, meta)
+  saved_model.save_model(str(tmp_path / 'model'), loaded, meta)  # replaces its own output
   assert _siblings(tmp_path / 'model') == ['model', 'model.tmp']
-  checkpoint.load_model(str(tmp_path / 'model'))
+  saved_model.load_model(str(tmp_path / 'model'))
 
 
 @pytest.mark.parametrize('where', ['same', 'output_inside_source', 'source_inside_output'])
@@ -126,12 +128,12 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_in_place(hf, model,
   monkeypatch.setattr(os, 'rename', rename)
   convert.convert(str(hf), model, overwrite=True)
   assert _siblings(model) == ['model']
-  checkpoint.load_model(model)
+  saved_model.load_model(model)
 
 
 def test_a_full_disk_is_one_sentence_and_leaves_nothing(tmp_path):
   with pytest.raises(ConfigError, match=r'the disk is full while writing .*out; free space'):
-    with checkpoint.staging(str(tmp_path / 'out'), overwrite=False) as tmp:
+    with saved_model.staging(str(tmp_path / 'out'), overwrite=False) as tmp:
       with open(os.path.join(tmp, 'part'), 'w') as f:
         f.write('x')
       raise OSError(errno.ENOSPC, 'No space left on device')
@@ -156,34 +158,34 @@ def _largest_params_file(model):
 
 def test_a_flipped_byte_in_the_final_save_of_training_is_named(made, tmp_path):
   # The train job's final save: save_model (OCDBT), where a flipped byte used to load silently.
-  loaded, meta = checkpoint.load_model(made[1])
-  path = checkpoint.save_model(str(tmp_path / 'model'), loaded, meta)
+  loaded, meta = saved_model.load_model(made[1])
+  path = saved_model.save_model(str(tmp_path / 'model'), loaded, meta)
   file = _largest_params_file(path)
   _flip_byte(file, at=os.path.getsize(file) // 2)
   with pytest.raises(ConfigError, match=f'{re.escape(file)} does not match its checksum in '
                                         'checksums.json, so it is corrupt or was changed; write '
                                         'the model directory again'):
-    checkpoint.load_model(path)
+    saved_model.load_model(path)
 
 
 def test_a_missing_params_file_of_a_converted_model_is_named(model):
   file = _largest_params_file(model)
   os.remove(file)
-  for load in (checkpoint.load_model, lambda p: export.export(p, p + '_hf')):
+  for load in (saved_model.load_model, lambda p: export.export(p, p + '_hf')):
     with pytest.raises(ConfigError, match=f'{re.escape(file)} is missing .*; write the model '
                                           'directory again'):
       load(model)
 
 
 def test_an_edited_model_config_is_named(model):
-  file = os.path.join(model, checkpoint.CONFIG_FILE)
+  file = os.path.join(model, saved_model.CONFIG_FILE)
   with open(file) as f:
     meta = json.load(f)
   meta['model']['rope_theta'] *= 2  # still a valid config, so only the checksum can tell
   with open(file, 'w') as f:
     json.dump(meta, f)
   with pytest.raises(ConfigError, match=f'{re.escape(file)} does not match its checksum'):
-    checkpoint.read_config(model)
+    saved_model.read_config(model)
 
 
 def _as_written_before_checksums(model):
@@ -194,7 +196,7 @@ def _as_written_before_checksums(model):
 def test_a_directory_written_before_checksums_loads_with_a_warning(model, caplog):
   _as_written_before_checksums(model)
   with caplog.at_level(logging.WARNING):
-    checkpoint.load_model(model)
+    saved_model.load_model(model)
   assert 'has no checksums.json' in caplog.text and 'unverified' in caplog.text
 
 
@@ -202,18 +204,18 @@ def test_a_directory_written_before_checksums_loads_with_a_warning(model, caplog
 
 @pytest.mark.parametrize('damage', ['garbage', 'no_model_section'])
 def test_a_corrupt_model_config_is_one_sentence(model, damage):
-  file = os.path.join(model, checkpoint.CONFIG_FILE)
+  file = os.path.join(model, saved_model.CONFIG_FILE)
   with open(file, 'w') as f:
     f.write('{"model": {"d_model": 6' if damage == 'garbage' else '{"tokenizer": null}')
   with pytest.raises(ConfigError, match=f'{re.escape(file)} is not valid JSON with a "model" '
                                         'section, so the model directory is damaged; write the '
                                         'model directory again'):
-    checkpoint.load_model(model)
+    saved_model.load_model(model)
 
 
 def test_a_missing_params_folder_is_one_sentence(model):
   shutil.rmtree(os.path.join(model, 'params'))
-  for load in (checkpoint.load_model, checkpoint.open_params):
+  for load in (saved_model.load_model, saved_model.open_params):
     with pytest.raises(ConfigError, match=f'{re.escape(model)}/params is missing, so the model '
                                           'directory is incomplete; write the model directory '
                                           'again'):
@@ -224,7 +226,7 @@ def test_a_corrupt_params_folder_without_checksums_is_one_sentence(model):
   _as_written_before_checksums(model)
   with open(os.path.join(model, 'params', '_METADATA'), 'w') as f:
     f.write('{not json')
-  for load in (checkpoint.load_model, checkpoint.open_params):
+  for load in (saved_model.load_model, saved_model.open_params):
     with pytest.raises(ConfigError, match=f'{re.escape(model)}/params cannot be read .*, so the '
                                           'model directory is damaged'):
       load(model)

@@ -161,7 +161,7 @@ def test_an_sft_setting_changes_only_the_stage_that_reads_it():
 
 @pytest.mark.parametrize('long', [False, True])
 def test_each_instruct_phase_reads_its_records_and_decays_its_learning_rate(prose, long):
-  from lladax import optimizer  # pylint: disable=import-outside-toplevel
+  from lladax.train import optimizer  # pylint: disable=import-outside-toplevel
   recipe = repo_module('configs', 'mini', 'ultra.py').get_config()
   rcfg = ReplayConfig(**recipe.replay.to_dict())
   files = dict(retrieval_sft='short.jsonl', retrieval_sft_long='long.jsonl')
@@ -426,11 +426,11 @@ def test_retrieval_sft_rows_noise_only_the_answer_and_one_eos():
 
 
 def test_retrieval_sft_fine_tunes_a_saved_model(tmp_path):
-  from lladax import checkpoint, model as model_lib, model_config, presets
+  from lladax import model as model_lib, model_config, presets, saved_model
   from lladax.config import from_section
   cfg = from_section(model_config.ModelConfig, presets.tiny_model(max_sequence_length=256),
                      'config.model')
-  base = checkpoint.save_model(str(tmp_path / 'base'), model_lib.init(cfg, 0))
+  base = saved_model.save_model(str(tmp_path / 'base'), model_lib.init(cfg, 0))
   curve = _retrieval_sft().main(['--base', base, '--steps', '2', '--every', '1', '--batch', '2',
                                  '--digits', '2'])
   assert [s for s, _, _ in curve] == [0, 1, 2]

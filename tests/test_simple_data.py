@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from lladax import train_step
+from lladax.train import step as train_step
 from lladax.config import ConfigError
 from lladax.data import retrieval, simple, tokenizers
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import repo_module
-from lladax import checkpoint, demo, presets, train
+from lladax import demo, presets, saved_model
+from lladax.train import job as train
 from lladax.config import ConfigError
 
 
@@ -31,7 +32,7 @@ def test_loss_falls_and_the_saved_model_reloads_with_equal_logits(tmp_path):
   assert losses[-1] < 0.75 * losses[0], losses
   assert all(np.isfinite(h['grad_norm']) for h in result['history'])
   assert (tmp_path / 'metrics.jsonl').read_text().count('\n') == 4
-  loaded, meta = checkpoint.load_model(result['model_dir'])
+  loaded, meta = saved_model.load_model(result['model_dir'])
   assert meta['tokenizer']['kind'] == 'bytes'
   tokens = jnp.array([[10, 20, 30, 40, 50]])
   np.testing.assert_array_equal(np.asarray(loaded(tokens)), np.asarray(result['model'](tokens)))

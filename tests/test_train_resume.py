@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lladax import presets, train
+from lladax import presets
+from lladax.train import job as train
 
 
 def recipe(workdir, steps, **data):
@@ -36,7 +37,7 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
 
 
 def test_a_preempted_run_says_so_saves_no_model_and_resumes(tmp_path, monkeypatch):
-  from lladax import train_checkpoint  # pylint: disable=import-outside-toplevel
+  from lladax.train import checkpoints as train_checkpoint  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(train_checkpoint.Preemption, 'reached', lambda self, step: step == 2)
   stopped = train.run(recipe(tmp_path, 4))
   assert stopped['stopped_early'] and stopped['model_dir'] is None

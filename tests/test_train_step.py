@@ -10,7 +10,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from helpers import tiny_config
-from lladax import diffusion, model as model_lib, sharding, train_step
+from lladax import diffusion, model as model_lib, sharding
+from lladax.train import step as train_step
 from lladax.config import ConfigError
 
 MASK_ID = 66

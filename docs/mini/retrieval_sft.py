@@ -25,7 +25,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lladax import checkpoint, diffusion, optimizer, train_step
+from lladax import diffusion, saved_model
+from lladax.train import optimizer
+from lladax.train import step as train_step
 from lladax.data import simple, tokenizers
 from lladax.replay import corpus, probe
 
@@ -80,7 +82,7 @@ def main(argv=None) -> list[tuple[int, dict, dict]]:
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
 
-  model, _ = checkpoint.load_model(args.base)
+  model, _ = saved_model.load_model(args.base)
   graph, params = nnx.split(model)
   mask_id = model.cfg.mask_token_id
   prose = corpus.prose().train

@@ -33,7 +33,7 @@ SFT_PADDING = ('answer', 'ignored')
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   source: str = 'retrieval'   # retrieval | sft_jsonl | text_files | pipeline (the Grain pipeline
-                              # of config.pipeline; lladax/train_data.py)
+                              # of config.pipeline; lladax/train/batches.py)
   path: str = ''              # text_files: a glob ('{stdlib}' expands to Python's library
                               # folder); sft_jsonl: a .jsonl of {"prompt", "answer"} records
   seq_len: int = 64           # tokens per row

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lladax import checkpoint as checkpoint_lib
+from lladax import saved_model
 from lladax import diffusion, sampler
 from lladax.config import ConfigError, choice
 from lladax.data import tokenizers
@@ -153,7 +153,7 @@ class LladaxLM:
       overrides = {'rope_theta': float(rope_theta)} if float(rope_theta) else {}
       if dtype:
         overrides['dtype'] = dtype
-      model, meta = checkpoint_lib.load_model(checkpoint, **overrides)
+      model, meta = saved_model.load_model(checkpoint, **overrides)
       tokenizer = tokenizer or tokenizers.load(tokenizers.TokenizerConfig(), meta)
     if tokenizer is None:
       raise ConfigError('LladaxLM(model=...) needs tokenizer=... too.')

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from lladax import checkpoint, diffusion, files, model_config, sampler
+from lladax import diffusion, files, model_config, sampler, saved_model
 from lladax.config import ConfigError, choice, from_section
 from lladax.data import tokenizers
 from lladax.evals import protocols
@@ -106,9 +106,9 @@ def load(config, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
                if oracle else '')
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR (a model folder '
                       f'from the train or convert job){instead}.')
-  saved = checkpoint.read_config(config.checkpoint)[0]
+  saved = saved_model.read_config(config.checkpoint)[0]
   rope_cfg = from_section(model_config.RopeConfig, config.get('rope'), 'config.rope')
-  model, meta = checkpoint.load_with_rope(config.checkpoint, rope_cfg,
+  model, meta = saved_model.load_with_rope(config.checkpoint, rope_cfg,
                                           **_compute_overrides(config, saved))
   tok = load_tokenizer(config, meta)
   cfg = model.cfg
@@ -283,7 +283,7 @@ def setup(config, ecfg: EvalConfig, generator: Generator | None = None,
   if generator is None:
     generator, tok, info = model_generator(config, ecfg, generation)
     return generator, tok, dict(info, **record)
-  meta = checkpoint.read_config(config.checkpoint)[1] if config.get('checkpoint') else None
+  meta = saved_model.read_config(config.checkpoint)[1] if config.get('checkpoint') else None
   info = (oracle_info(config) if ecfg.oracle else
           {'checkpoint': config.get('checkpoint') or 'custom generator', 'rope': None,
            'model': None})

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from lladax import checkpoint, jobs
+from lladax import jobs, saved_model
 from lladax.config import ConfigError, from_section
 from lladax.data import tokenizers
 from lladax.evals import haystack, niah, runner
@@ -74,7 +74,7 @@ def _run_stage(config) -> tuple[dict, float]:
 def _probe(rcfg: ReplayConfig, files: dict, tokenizer, model_dir: str, seed: int) -> dict:
   """The base model's teacher-forced probes at T, on the evaluation's own 1T prompts (its NIAH
   settings, so the same haystacks and needles) and held-out prose."""
-  model, _ = checkpoint.load_model(model_dir, dtype='float32', param_dtype='float32')
+  model, _ = saved_model.load_model(model_dir, dtype='float32', param_dtype='float32')
   settings = stages.niah_grid(rcfg, files)
   docs = haystack.read_documents(settings.haystack, 'the replay probe')
   builder = niah.Builder(settings, niah.load_needles(settings), docs, tokenizer)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models
 
-from lladax import hf_params, model as model_lib, model_config
+from lladax import model as model_lib, model_config
+from lladax.hf import params as hf_params
 
 BOS, MASK, EOS, EOT = 126080, 126336, 126081, 126348
 ROWS = 126464

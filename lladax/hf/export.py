@@ -21,15 +21,14 @@ import time
 
 import numpy as np
 
-from lladax import checkpoint, hf_params, model as model_lib
+from lladax import model as model_lib, saved_model
+from lladax.hf import params as hf_params
 from lladax.config import ConfigError, from_section
-from lladax.convert import DTYPE_NAMES, SAFETENSORS_DTYPES, TOKENIZER_FILE
 from lladax.model_config import DTYPES
 
-_SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 # Files of a HF directory that are weights or are rewritten here, so copy_from skips them.
 _NOT_COPIED = ('config.json', 'model.safetensors.index.json', 'pytorch_model.bin.index.json')
-_BLOCK_BYTES = checkpoint.CHUNK_BYTES
+_BLOCK_BYTES = saved_model.CHUNK_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +55,7 @@ def write_safetensors(path: str, tensors: list) -> None:
   header, offset = {}, 0
   for name, shape, dtype, _ in tensors:
     size = int(np.prod(shape)) * dtype.itemsize
-    header[name] = {'dtype': _SAFETENSORS_NAMES[dtype], 'shape': list(shape),
+    header[name] = {'dtype': hf_params.SAFETENSORS_NAMES[dtype], 'shape': list(shape),
                     'data_offsets': [offset, offset + size]}
     offset += size
   header['__metadata__'] = {'format': 'pt'}
@@ -147,30 +146,30 @@ def export(checkpoint_dir: str, output: str, dtype: str = '',
   if copy_from and not os.path.isdir(copy_from):
     raise ConfigError(f'config.export.copy_from={copy_from} is not a directory; pass the '
                       'original Hugging Face checkpoint folder or leave it empty.')
-  checkpoint.refuse_overlap(checkpoint_dir, output, 'config.checkpoint', 'config.export.output')
+  saved_model.refuse_overlap(checkpoint_dir, output, 'config.checkpoint', 'config.export.output')
   if copy_from:
-    checkpoint.refuse_overlap(copy_from, output, 'config.export.copy_from',
+    saved_model.refuse_overlap(copy_from, output, 'config.export.copy_from',
                               'config.export.output')
-  cfg, meta = checkpoint.read_config(checkpoint_dir)
-  stores = checkpoint.open_params(checkpoint_dir)
-  for name, shape in hf_params.param_shapes(cfg).items():
+  cfg, meta = saved_model.read_config(checkpoint_dir)
+  stores = saved_model.open_params(checkpoint_dir)
+  for name, shape in model_lib.param_shapes(cfg).items():
     if name not in stores or tuple(stores[name].shape) != tuple(shape):
       found = list(stores[name].shape) if name in stores else 'nothing'
       raise ConfigError(f'{checkpoint_dir} stores {found} for parameter {name} but its '
-                        f'{checkpoint.CONFIG_FILE} implies {list(shape)}; export the directory a '
+                        f'{saved_model.CONFIG_FILE} implies {list(shape)}; export the directory a '
                         'train or convert job wrote, unmodified.')
   order = ['wte', *(f'blocks.{n}' for n in model_lib.BLOCK_PARAMS), 'ln_f']
   order += [] if cfg.weight_tying else ['lm_head']
   tensors = []
   for name in order:
     out_dtype = np.dtype(DTYPES[dtype]) if dtype else stores[name].dtype.numpy_dtype
-    if out_dtype not in _SAFETENSORS_NAMES:
+    if out_dtype not in hf_params.SAFETENSORS_NAMES:
       raise ConfigError(f'parameter {name} is stored as {out_dtype}, which safetensors for '
                         'LLaDA does not take; set config.export.dtype=bfloat16 or float32.')
     tensors += _hf_tensors(name, stores[name], out_dtype)
-  hf = hf_params.config_to_hf(cfg, DTYPE_NAMES[tensors[0][2]], _template(copy_from, meta))
+  hf = hf_params.config_to_hf(cfg, hf_params.DTYPE_NAMES[tensors[0][2]], _template(copy_from, meta))
   shards = _shards(tensors, max_shard_bytes)
-  with checkpoint.staging(output, overwrite, marker='config.json',
+  with saved_model.staging(output, overwrite, marker='config.json',
                           setting='config.export.overwrite') as tmp:
     if copy_from:
       for file in sorted(os.listdir(copy_from)):
@@ -179,11 +178,11 @@ def export(checkpoint_dir: str, output: str, dtype: str = '',
             ('.safetensors', '.bin', '.pt', '.pth')):
           shutil.copyfile(src, os.path.join(tmp, file))
     tok = meta.get('tokenizer') or {}
-    if tok.get('kind') == 'hf' and not os.path.exists(os.path.join(tmp, TOKENIZER_FILE)):
+    if tok.get('kind') == 'hf' and not os.path.exists(os.path.join(tmp, hf_params.TOKENIZER_FILE)):
       src = tok['path']
-      src = os.path.join(src, TOKENIZER_FILE) if os.path.isdir(src) else src
+      src = os.path.join(src, hf_params.TOKENIZER_FILE) if os.path.isdir(src) else src
       if os.path.exists(src):
-        shutil.copyfile(src, os.path.join(tmp, TOKENIZER_FILE))
+        shutil.copyfile(src, os.path.join(tmp, hf_params.TOKENIZER_FILE))
     weight_map = {}
     for i, shard in enumerate(shards):
       file = ('model.safetensors' if len(shards) == 1 else

@@ -1,4 +1,4 @@
-"""The masked-diffusion update, shared by the single-host loop (lladax/train.py) and the sharded
+"""The masked-diffusion update, shared by the single-host loop (lladax/train/job.py) and the sharded
 step for pods built here.
 
 Sharded layout: parameters and both AdamW moments follow the logical-axis rules (by default

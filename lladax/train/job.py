@@ -3,7 +3,7 @@
 One loop serves a laptop and a pod: the mesh (config.mesh) is one device on a CPU and
 data x fsdp x context x tensor on a pod. Parameters and AdamW state are initialised straight into
 their shardings (or loaded from config.checkpoint for post-training); each step is the sharded
-update of lladax/train_step.py; orbax checkpoints (every config.train.checkpoint_every steps, at
+update of lladax/train/step.py; orbax checkpoints (every config.train.checkpoint_every steps, at
 the end, and on SIGTERM) hold parameters, optimizer state and the data iterator, so a killed and
 restarted run continues with exactly the losses it would have had.
 
@@ -25,8 +25,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from lladax import (checkpoint, diffusion, flops, metrics as metrics_lib, model as model_lib,
-                    model_config, optimizer, sharding, train_checkpoint, train_data, train_step)
+from lladax import diffusion, flops, model as model_lib, model_config, saved_model, sharding
+from lladax.train import metrics as metrics_lib
+from lladax.train import optimizer
+from lladax.train import checkpoints as train_checkpoint
+from lladax.train import batches as train_data
+from lladax.train import step as train_step
 from lladax.config import ConfigError, choice, from_section
 from lladax.data import global_batch, simple, tokenizers
 
@@ -88,14 +92,14 @@ def initial_model(config, mcfg: model_config.ModelConfig, shardings=None) -> mod
   parameter shardings) restores the parameters straight onto the mesh."""
   if not config.checkpoint:
     return model_lib.init(mcfg, config.seed)
-  saved, _ = checkpoint.read_config(config.checkpoint)
+  saved, _ = saved_model.read_config(config.checkpoint)
   for name in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'kv_heads', 'mlp_hidden_size',
                'weight_tying'):
     if getattr(saved, name) != getattr(mcfg, name):
       raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
                         f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
-  model, _ = checkpoint.load_with_rope(config.checkpoint, rope_cfg, shardings=shardings,
+  model, _ = saved_model.load_with_rope(config.checkpoint, rope_cfg, shardings=shardings,
                                       **model_config.compute_settings(mcfg))
   return model
 
@@ -192,7 +196,7 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
   if dcfg.batch_size % step_cfg.microbatches:
     raise ConfigError(f'config.data.batch_size={dcfg.batch_size} does not split into '
                       f'config.step.microbatches={step_cfg.microbatches}; make it a multiple.')
-  meta = checkpoint.read_config(config.checkpoint)[1] if config.checkpoint else None
+  meta = saved_model.read_config(config.checkpoint)[1] if config.checkpoint else None
   tok_cfg = from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer')
   tok = tokenizers.load(tok_cfg, meta)
   check_vocab(mcfg, tok)
@@ -309,7 +313,7 @@ def save_final(job: Job, done: int) -> model_lib.LLaDA:
     # Keep what the source checkpoint recorded (its Hugging Face config.json, for export).
     meta = job.meta or {}
     extra = {**meta, 'tokenizer': meta.get('tokenizer') or dataclasses.asdict(job.tok_cfg)}
-    job.model_dir = checkpoint.save_model(path, model, extra)
+    job.model_dir = saved_model.save_model(path, model, extra)
     logging.info('saved the model to %s', job.model_dir)
   return model
 

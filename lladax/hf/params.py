@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 
+import ml_dtypes
 import numpy as np
 
 from lladax import model as model_lib
@@ -27,6 +28,14 @@ from lladax.config import ConfigError
 from lladax.model_config import ModelConfig
 
 PREFIX = 'model.transformer.'
+
+# safetensors dtype names <-> numpy; bf16 through ml_dtypes, so no torch detour.
+SAFETENSORS_DTYPES = {'BF16': np.dtype(ml_dtypes.bfloat16), 'F16': np.dtype(np.float16),
+                      'F32': np.dtype(np.float32)}
+SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+DTYPE_NAMES = {np.dtype(ml_dtypes.bfloat16): 'bfloat16', np.dtype(np.float16): 'float16',
+               np.dtype(np.float32): 'float32'}
+TOKENIZER_FILE = 'tokenizer.json'
 
 # LLaDA-8B's config.json (LLADA.md section 1): the template an export starts from when the
 # lladax checkpoint does not carry the original config.json.
@@ -177,16 +186,6 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str, template: dict | None = Non
   return hf
 
 
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """lladax parameter name ('wte', 'blocks.q_proj', ..., 'lm_head') -> stacked shape."""
-  abstract = model_lib.abstract(cfg)
-  shapes = {'wte': abstract.wte.shape, 'ln_f': abstract.ln_f.shape}
-  for name in model_lib.BLOCK_PARAMS:
-    shapes[f'blocks.{name}'] = getattr(abstract.blocks, name).shape
-  if not cfg.weight_tying:
-    shapes['lm_head'] = abstract.lm_head.shape
-  return shapes
-
 
 def stacked(name: str) -> bool:
   return name.startswith('blocks.')
@@ -213,7 +212,7 @@ def hf_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   """Every HF tensor a checkpoint for `cfg` must hold, with its shape."""
   out = {}
-  for name, shape in param_shapes(cfg).items():
+  for name, shape in model_lib.param_shapes(cfg).items():
     layers = range(shape[0]) if stacked(name) else [None]
     for i in layers:
       out[hf_name(name, i)] = hf_shape(name, shape)

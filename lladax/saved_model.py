@@ -37,7 +37,7 @@ import tensorstore as ts
 from etils import epath
 from flax import nnx
 
-from lladax import hf_params, model as model_lib
+from lladax import model as model_lib
 from lladax.config import ConfigError, from_section
 from lladax.model_config import ModelConfig, RopeConfig, resolve_rope
 
@@ -306,10 +306,10 @@ def save_streamed(path: str, cfg: ModelConfig, params: dict[str, StreamedArray],
   """Writes a model directory whose parameters are produced chunk by chunk (see StreamedArray).
 
   `params` maps every parameter name of `cfg` ('wte', 'blocks.q_proj', ..., as
-  hf_params.param_shapes) to its source; `files` maps file names to copy into the directory;
+  model_lib.param_shapes) to its source; `files` maps file names to copy into the directory;
   `overwrite` and `setting` are staging's.
   """
-  shapes = hf_params.param_shapes(cfg)
+  shapes = model_lib.param_shapes(cfg)
   if set(shapes) != set(params):
     raise ValueError(f'parameters {sorted(params)} do not match the model\'s {sorted(shapes)}')
   for name, shape in shapes.items():

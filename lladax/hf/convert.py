@@ -11,7 +11,7 @@ then written one storage chunk (at most one layer) at a time straight from the s
 memory stays at a few tensors however large the model; they keep the checkpoint's dtype on disk
 and are cast to `param_dtype` at load. A NaN or Inf weight stops the conversion as it is read.
 The output must not overlap the source, and `overwrite` replaces only a lladax model directory,
-removing the old one only once the new one is complete (checkpoint.staging).
+removing the old one only once the new one is complete (saved_model.staging).
 """
 from __future__ import annotations
 
@@ -25,17 +25,11 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
-from lladax import checkpoint, hf_params
+from lladax import model as model_lib, saved_model
+from lladax.hf import params as hf_params
 from lladax.config import ConfigError, from_section
 from lladax.data import tokenizers
 from lladax.model_config import DTYPES
-
-# safetensors dtype names <-> numpy; bf16 through ml_dtypes, so no torch detour.
-SAFETENSORS_DTYPES = {'BF16': np.dtype(ml_dtypes.bfloat16), 'F16': np.dtype(np.float16),
-                      'F32': np.dtype(np.float32)}
-DTYPE_NAMES = {np.dtype(ml_dtypes.bfloat16): 'bfloat16', np.dtype(np.float16): 'float16',
-               np.dtype(np.float32): 'float32'}
-TOKENIZER_FILE = 'tokenizer.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +90,7 @@ class SafetensorsShard:
 
   def read(self, name: str, rows: slice | None = None) -> np.ndarray:
     dtype_name, shape, begin, end = self.tensors[name]
-    dtype = SAFETENSORS_DTYPES[dtype_name]
+    dtype = hf_params.SAFETENSORS_DTYPES[dtype_name]
     row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
     start, stop = (0, shape[0]) if rows is None or not shape else (rows.start, rows.stop)
     offset = self.data_start + begin + start * row_bytes
@@ -257,7 +251,7 @@ def check_tensors(source: Source, expected: dict[str, tuple[int, ...]], dtype: s
     if source.dtype(name) != dtype:
       raise ConfigError(f'tensor {name} is {source.dtype(name)} but the checkpoint is {dtype} '
                         '(config.json torch_dtype, else the embedding); re-save all tensors in one '
-                        f'of {", ".join(SAFETENSORS_DTYPES)}.')
+                        f'of {", ".join(hf_params.SAFETENSORS_DTYPES)}.')
 
 
 def _tokenizer(path: str) -> tokenizers.HFTokenizer:
@@ -272,21 +266,21 @@ def _tokenizer(path: str) -> tokenizers.HFTokenizer:
 def _checkpoint_dtype(source: Source, hf: dict) -> str:
   """The safetensors dtype every tensor must have: config.json's torch_dtype, else the
   embedding's."""
-  by_name = {DTYPE_NAMES[v]: k for k, v in SAFETENSORS_DTYPES.items()}
+  by_name = {hf_params.DTYPE_NAMES[v]: k for k, v in hf_params.SAFETENSORS_DTYPES.items()}
   if hf.get('torch_dtype') in by_name:
     return by_name[hf['torch_dtype']]
   if not source.location:
     raise ConfigError(f'{source.where} holds no tensors; download the checkpoint again.')
   wte = hf_params.hf_name('wte')
   found = source.dtype(wte) if wte in source.location else source.dtype(next(iter(source.location)))
-  if found not in SAFETENSORS_DTYPES:
+  if found not in hf_params.SAFETENSORS_DTYPES:
     raise ConfigError(f'{source.where}: the weights are {found}; lladax reads '
-                      f'{", ".join(SAFETENSORS_DTYPES)}, so re-save the checkpoint in one of them.')
+                      f'{", ".join(hf_params.SAFETENSORS_DTYPES)}, so re-save the checkpoint in one of them.')
   return found
 
 
 def _streamed(name: str, shape: tuple[int, ...], dtype: np.dtype,
-              source: Source) -> checkpoint.StreamedArray:
+              source: Source) -> saved_model.StreamedArray:
   """Parameter `name` as chunks read from `source`: a layer at a time for stacked parameters
   (the transformed layer is cached while its chunks are written), rows of the HF tensor for the
   embedding and head."""
@@ -303,7 +297,7 @@ def _streamed(name: str, shape: tuple[int, ...], dtype: np.dtype,
       if i + 1 == shape[0] and all(b.stop == n for b, n in zip(box[1:], shape[1:])):
         cache.clear()  # the last chunk (chunks come in row-major order): free the layer
       return piece
-    return checkpoint.StreamedArray(shape, dtype, read_layer)
+    return saved_model.StreamedArray(shape, dtype, read_layer)
 
   hf = hf_params.hf_name(name)
 
@@ -313,15 +307,15 @@ def _streamed(name: str, shape: tuple[int, ...], dtype: np.dtype,
     if name == 'lm_head':  # lladax [D, V] = HF [V, D].T: HF rows are lladax columns
       return source.read(hf, box[1]).T[box[0]]
     return source.read(hf, box[0])[:, box[1]]
-  return checkpoint.StreamedArray(shape, dtype, read)
+  return saved_model.StreamedArray(shape, dtype, read)
 
 
 def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
             overwrite: bool = False) -> str:
   """Converts the HF LLaDA checkpoint directory `source` into the lladax model directory `output`
-  (loadable with lladax.checkpoint.load_model); returns the output path."""
+  (loadable with lladax.model_dir.load_model); returns the output path."""
   start = time.perf_counter()
-  checkpoint.refuse_overlap(source, output, 'config.convert.source', 'config.convert.output')
+  saved_model.refuse_overlap(source, output, 'config.convert.source', 'config.convert.output')
   config_file = os.path.join(source, 'config.json')
   if not os.path.exists(config_file):
     raise ConfigError(f'{source} has no config.json; point config.convert.source at a Hugging '
@@ -331,7 +325,7 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
       hf = json.load(f)
     except ValueError:
       raise ConfigError(f'{config_file} is not valid JSON; download it again.') from None
-  tok_file = os.path.join(source, TOKENIZER_FILE)
+  tok_file = os.path.join(source, hf_params.TOKENIZER_FILE)
   tok = _tokenizer(tok_file) if os.path.exists(tok_file) else None
   # The config first (cheap, and the likeliest mistake), then every shard header.
   cfg = hf_params.config_from_hf(hf, param_dtype='float32', dtype='float32', tokenizer=tok,
@@ -343,21 +337,21 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
   src = Source(source)
   stored = _checkpoint_dtype(src, hf)
   check_tensors(src, hf_params.expected_tensors(cfg), stored)
-  param_dtype = param_dtype or DTYPE_NAMES[SAFETENSORS_DTYPES[stored]]
+  param_dtype = param_dtype or hf_params.DTYPE_NAMES[hf_params.SAFETENSORS_DTYPES[stored]]
   cfg = dataclasses.replace(cfg, param_dtype=param_dtype, dtype=dtype or param_dtype)
-  shapes = hf_params.param_shapes(cfg)
-  params = {n: _streamed(n, s, SAFETENSORS_DTYPES[stored], src) for n, s in shapes.items()}
+  shapes = model_lib.param_shapes(cfg)
+  params = {n: _streamed(n, s, hf_params.SAFETENSORS_DTYPES[stored], src) for n, s in shapes.items()}
   extra = {'hf': {'source': os.path.abspath(source), 'config': hf}}
   files = {}
   if tok is not None:
-    files[TOKENIZER_FILE] = tok_file
-    extra['tokenizer'] = {'kind': 'hf', 'path': TOKENIZER_FILE}
+    files[hf_params.TOKENIZER_FILE] = tok_file
+    extra['tokenizer'] = {'kind': 'hf', 'path': hf_params.TOKENIZER_FILE}
   else:
     logging.warning('%s has no %s; pass --config.tokenizer.kind/path when using the model.',
-                    source, TOKENIZER_FILE)
+                    source, hf_params.TOKENIZER_FILE)
   logging.info('converting %s parameters (%s) from %s', f'{cfg.num_params():,}', stored,
                src.where)
-  path = checkpoint.save_streamed(output, cfg, params, extra, files, overwrite,
+  path = saved_model.save_streamed(output, cfg, params, extra, files, overwrite,
                                   setting='config.convert.overwrite')
   logging.info('wrote %s in %.1f s', path, time.perf_counter() - start)
   return path

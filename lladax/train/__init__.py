@@ -1,0 +1,1 @@
+"""Training: the train job, its step, batches, checkpoints, optimizer and metrics."""
