@@ -22,7 +22,7 @@ and cfg (0), the papers' values. The network runs in float16 as the papers' wrap
 deviation). The papers' metrics need the `eval` extra: pip install 'lladax[eval]'.
 """
 from lladax import presets
-from lladax.evals import longbench, runner
+from lladax.evals import eval_settings, longbench
 
 
 def get_config():
@@ -30,6 +30,6 @@ def get_config():
   c.workdir = '/tmp/lladax_eval_longbench'
   c.model.update(dtype='float16', param_dtype='float16')
   c.sample.update(gen_length=64, block_length=64, steps=64, temperature=0.0)
-  c.eval = presets.section(runner.EvalConfig)
+  c.eval = presets.section(eval_settings.EvalConfig)
   c.longbench = presets.section(longbench.LongBenchConfig)
   return c

@@ -19,7 +19,7 @@ Decoding lengths and steps are config.niah's (the grid's); config.sample gives t
 remasking, cfg and suppression (the papers: LLaDA's defaults, greedy).
 """
 from lladax import presets
-from lladax.evals import niah, runner
+from lladax.evals import eval_settings, niah
 
 
 def get_config():
@@ -27,6 +27,6 @@ def get_config():
   c.workdir = '/tmp/lladax_eval_niah'
   c.model.update(dtype='float16', param_dtype='float16')
   c.sample.update(gen_length=32, block_length=32, steps=32, temperature=0.0)
-  c.eval = presets.section(runner.EvalConfig)
+  c.eval = presets.section(eval_settings.EvalConfig)
   c.niah = presets.section(niah.NiahConfig)
   return c

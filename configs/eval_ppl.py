@@ -11,13 +11,13 @@ resumes from ppl_cells.jsonl. config.eval.batch_size is the rows per forward pas
 Carlo maskings of a chunk fit one batch at short lengths).
 """
 from lladax import presets
-from lladax.evals import perplexity, runner
+from lladax.evals import eval_settings, perplexity
 
 
 def get_config():
   c = presets.base('eval_ppl')
   c.workdir = '/tmp/lladax_eval_ppl'
   c.model.update(dtype='bfloat16', param_dtype='bfloat16')   # LongLLaDA scored in bf16
-  c.eval = presets.section(runner.EvalConfig, batch_size=8)
+  c.eval = presets.section(eval_settings.EvalConfig, batch_size=8)
   c.ppl = presets.section(perplexity.PplConfig)
   return c

@@ -22,7 +22,7 @@ gives temperature, remasking, cfg and suppression. A setting that differs from t
 is recorded under `deviations` in the results.
 """
 from lladax import presets
-from lladax.evals import ruler, runner
+from lladax.evals import eval_settings, ruler
 
 
 def get_config():
@@ -31,6 +31,6 @@ def get_config():
   # The papers' wrapper loads LLaDA in float16 (protocol lladax: bfloat16).
   c.model.update(dtype='float16', param_dtype='float16')
   c.sample.update(gen_length=64, block_length=64, steps=64, temperature=0.0)
-  c.eval = presets.section(runner.EvalConfig)
+  c.eval = presets.section(eval_settings.EvalConfig)
   c.ruler = presets.section(ruler.RulerConfig)
   return c

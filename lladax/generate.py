@@ -17,8 +17,7 @@ def run(config) -> str:
   scfg = sampler.from_config(config)
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
   recipe = from_section(model_config.ModelConfig, config.model, 'config.model')
-  model, meta = saved_model.load_with_rope(config.checkpoint, rope_cfg,
-                                          **model_config.compute_settings(recipe))
+  model, meta, _ = saved_model.load_for_recipe(config.checkpoint, recipe, rope_cfg)
   cfg = model.cfg
   tok = tokenizers.load(
       from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer'), meta)

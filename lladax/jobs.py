@@ -40,10 +40,10 @@ def sections() -> dict:
   from lladax.train import optimizer
   from lladax.train import job as train
   from lladax.train import step as train_step
-  from lladax.data import simple, tokenizers
+  from lladax.data import config as data_config, tokenizers
   from lladax.replay import settings as replay
   return {'model': model_config.ModelConfig, 'rope': model_config.RopeConfig,
-          'tokenizer': tokenizers.TokenizerConfig, 'data': simple.DataConfig,
+          'tokenizer': tokenizers.TokenizerConfig, 'data': data_config.DataConfig,
           'optim': optimizer.OptimConfig, 'train': train.TrainConfig,
           'mesh': sharding.MeshConfig, 'step': train_step.StepConfig,
           'plan': plan.PlanConfig, 'replay': replay.ReplayConfig}
@@ -70,10 +70,10 @@ def check_sequence_split(config, devices=None) -> None:
   traceback; say so before anything is built. `devices`: the mesh's (default: all)."""
   # pylint: disable=import-outside-toplevel
   from lladax import sharding
-  from lladax.data import simple
+  from lladax.data import config as data_config
   if config.get('job') not in TRAINS_HERE or 'mesh' not in config:
     return
-  seq_len = from_section(simple.DataConfig, config.data, 'config.data').seq_len
+  seq_len = from_section(data_config.DataConfig, config.data, 'config.data').seq_len
   sharding.check_sequence_split(sharding.from_config(config), seq_len, 'config.data.seq_len',
                                 devices)
 

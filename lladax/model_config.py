@@ -153,9 +153,14 @@ COMPUTE_FIELDS = ('param_dtype', 'dtype', 'remat_policy', 'scan_layers', 'attent
                   'attention_options')
 
 
-def compute_settings(cfg: ModelConfig) -> dict:
-  """The recipe's compute settings, to apply to a checkpoint's own shape (load_model overrides)."""
-  return {name: getattr(cfg, name) for name in COMPUTE_FIELDS}
+def compute_overrides(recipe: ModelConfig, saved: ModelConfig) -> dict:
+  """How the recipe asks a saved model to run (load_model overrides); the shape always comes
+  from the checkpoint. Attention options belong to a kernel: the recipe's replace the
+  checkpoint's when it sets some or picks another kernel, and are kept otherwise."""
+  out = {name: getattr(recipe, name) for name in COMPUTE_FIELDS}
+  if not recipe.attention_options and recipe.attention_kernel == saved.attention_kernel:
+    del out['attention_options']
+  return out
 
 
 def from_config(config) -> ModelConfig:

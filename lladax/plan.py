@@ -31,8 +31,9 @@ from lladax import files, flops, model_config, sharding, tpu_chips
 from lladax.train import optimizer
 from lladax.train import job as train
 from lladax.train import step as train_step
+from lladax.train import state as train_state
 from lladax.config import ConfigError, from_section
-from lladax.data import simple
+from lladax.data import config as data_config
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 MESH_FIELDS = tuple(f.name for f in dataclasses.fields(sharding.MeshConfig) if f.name != 'rules')
@@ -165,7 +166,7 @@ def _setup(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str):
   mcfg = dataclasses.replace(job.mcfg, remat_policy=policy)
   mesh = sharding.make_mesh(mesh_cfg, job.devices)
   rules = sharding.parse_rules(mesh_cfg.rules)
-  graphdef, params, _ = train_step.abstract_state(mcfg, job.tx)
+  graphdef, params, _ = train_state.abstract_state(mcfg, job.tx)
   return mcfg, mesh, rules, graphdef, params, sharding.param_shardings(params, mesh, rules)
 
 
@@ -189,16 +190,16 @@ def plan_one(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str,
             'why': f'{job.batch} rows in {microbatches} microbatch(es) do not split over '
                    f'data x fsdp = {replicas}'}
   opt_state = jax.eval_shape(job.tx.init, params)
-  opt_sh = train_step.opt_shardings(job.tx, params, param_sh, mesh)
+  opt_sh = train_state.opt_shardings(job.tx, params, param_sh, mesh)
   shape = (job.batch, job.seq_len)
-  batch_sh = train_step.batch_sharding(mesh, shape, rules)
+  batch_sh = train_state.batch_sharding(mesh, shape, rules)
   record['batch_spec'] = str(batch_sh.spec)
-  step = train_step.sharded_update(graphdef, job.tx, mesh, param_sh, opt_sh, batch_sh, rules,
+  step = train_state.sharded_update(graphdef, job.tx, mesh, param_sh, opt_sh, batch_sh, rules,
                                    mask_id=mcfg.mask_token_id, eps=job.eps, sft=job.sft,
                                    step_cfg=step_cfg)
   try:
-    compiled, why = _compile(step, params, opt_state, train_step.abstract_batch(shape),
-                             train_step.abstract_key())
+    compiled, why = _compile(step, params, opt_state, train_state.abstract_batch(shape),
+                             train_state.abstract_key())
   except ValueError as e:  # a kernel refusing the layout (e.g. a length context does not divide)
     return {**record, 'status': 'invalid', 'why': str(e).splitlines()[0]}
   record['compile_seconds'] = round(time.perf_counter() - start, 1)
@@ -232,12 +233,12 @@ def plan_eval(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str, batch: int)
   """Compiles the evaluation forward (loss and metrics, no gradient) on the same layout."""
   mcfg, mesh, rules, graphdef, params, param_sh = _setup(job, mesh_cfg, policy)
   shape = (batch or job.batch, job.seq_len)
-  batch_sh = train_step.batch_sharding(mesh, shape, rules)
-  forward = train_step.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
+  batch_sh = train_state.batch_sharding(mesh, shape, rules)
+  forward = train_state.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
                                     mask_id=mcfg.mask_token_id, eps=job.eps, sft=job.sft,
                                     step_cfg=job.step)
-  compiled, why = _compile(forward, params, train_step.abstract_batch(shape),
-                           train_step.abstract_key())
+  compiled, why = _compile(forward, params, train_state.abstract_batch(shape),
+                           train_state.abstract_key())
   if compiled is None:
     return {'batch': shape[0], 'status': 'does not fit', 'why': why}
   mem = memory(compiled)
@@ -345,7 +346,7 @@ def run(config) -> dict:
   pcfg = from_section(PlanConfig, config.get('plan'), 'config.plan')
   mcfg = model_config.from_config(config)
   base_mesh = sharding.from_config(config)
-  dcfg = from_section(simple.DataConfig, config.data, 'config.data')
+  dcfg = from_section(data_config.DataConfig, config.data, 'config.data')
   tcfg = from_section(train.TrainConfig, config.train, 'config.train')
   ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
   step_cfg = train_step.from_config(config)

@@ -8,7 +8,7 @@ import typing
 import ml_collections
 from ml_collections import config_dict
 
-from lladax.data import simple, tokenizers
+from lladax.data import config as data_config, tokenizers
 from lladax.model_config import ModelConfig, RopeConfig
 from lladax.train.optimizer import OptimConfig
 from lladax.sampler import SamplerConfig
@@ -44,7 +44,7 @@ def base(job: str) -> ml_collections.ConfigDict:
   c.model = section(ModelConfig)
   c.rope = section(RopeConfig)
   c.tokenizer = section(tokenizers.TokenizerConfig)
-  c.data = section(simple.DataConfig)
+  c.data = section(data_config.DataConfig)
   c.optim = section(OptimConfig)
   c.train = section(TrainConfig)
   c.sample = section(SamplerConfig)

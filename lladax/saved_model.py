@@ -39,7 +39,7 @@ from flax import nnx
 
 from lladax import model as model_lib
 from lladax.config import ConfigError, from_section
-from lladax.model_config import ModelConfig, RopeConfig, resolve_rope
+from lladax.model_config import ModelConfig, RopeConfig, compute_overrides, resolve_rope
 
 CONFIG_FILE = 'model_config.json'
 PARAMS_DIR = 'params'
@@ -387,7 +387,7 @@ def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA,
   param_dtype, attention_kernel, rope_theta, ...), e.g. to apply a training-free RoPE rule at
   evaluation: load_model(path, rope_theta=4 * theta) is LongLLaDA's scaling by 4.
   `shardings` (a function from the model's ModelConfig to the parameter shardings, e.g.
-  from train_step.state_shardings) restores every tensor directly into its place on the mesh,
+  from lladax/train/state.py) restores every tensor directly into its place on the mesh,
   so no host ever holds the whole model.
   """
   cfg, meta = read_config(path)
@@ -408,12 +408,19 @@ def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA,
   return nnx.merge(graphdef, params, rest), meta
 
 
-def load_with_rope(path: str, rope: RopeConfig, **overrides) -> tuple[model_lib.LLaDA, dict]:
-  """load_model with a RoPE scaling rule applied to the checkpoint's own base, as a recipe's
-  `config.rope` asks (e.g. LongLLaDA's training-free NTK on a converted LLaDA-8B)."""
-  scaled = resolve_rope(read_config(path)[0], rope)
-  return load_model(path, rope_theta=scaled.rope_theta,
-                    rope_position_scale=scaled.rope_position_scale, **overrides)
+def load_for_recipe(path: str, recipe: ModelConfig | None, rope: RopeConfig, shardings=None
+                    ) -> tuple[model_lib.LLaDA, dict, ModelConfig]:
+  """(model, meta, the checkpoint's own ModelConfig): the saved model as a recipe runs it, the one
+  way every job loads `config.checkpoint`. Its shape is the checkpoint's; `rope` (config.rope)
+  applies its rule to the checkpoint's own base (e.g. LongLLaDA's training-free NTK on a converted
+  LLaDA-8B); `recipe` (config.model; None keeps the checkpoint's) sets how it computes
+  (model_config.compute_overrides); `shardings` as for load_model."""
+  saved = read_config(path)[0]
+  scaled = resolve_rope(saved, rope)
+  overrides = compute_overrides(recipe, saved) if recipe is not None else {}
+  model, meta = load_model(path, shardings, rope_theta=scaled.rope_theta,
+                           rope_position_scale=scaled.rope_position_scale, **overrides)
+  return model, meta, saved
 
 
 def open_params(path: str) -> dict[str, ts.TensorStore]:

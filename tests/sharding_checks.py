@@ -25,6 +25,7 @@ from flax import nnx
 from helpers import tiny_config
 from lladax import attention, diffusion, model as model_lib, sharding
 from lladax.train import step as train_step
+from lladax.train import state as train_state
 from lladax.config import ConfigError
 
 jax.config.update('jax_default_matmul_precision', 'highest')
@@ -98,16 +99,16 @@ def on_mesh(kernel: str, mesh_sizes: dict, data, key, oracle: dict,
   cfg = tiny_config(attention_kernel=kernel, remat_policy='full')
   graphdef = nnx.split(model_lib.abstract(cfg), nnx.Param)[0]
   mesh = sharding.make_mesh(sharding.MeshConfig(**mesh_sizes))
-  param_sh, opt_sh = train_step.state_shardings(cfg, TX, mesh)
-  batch_sh = train_step.batch_sharding(mesh, (B, T))
+  param_sh, opt_sh = train_state.state_shardings(cfg, TX, mesh)
+  batch_sh = train_state.batch_sharding(mesh, (B, T))
   params = jax.device_put(oracle['params'], param_sh)
   sharded_data = jax.device_put(data, batch_sh)
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  grad_fn = jax.jit(train_step._under_mesh(_grad_fn(graphdef), mesh, sharding.DEFAULT_RULES),
+  grad_fn = jax.jit(train_state._under_mesh(_grad_fn(graphdef), mesh, sharding.DEFAULT_RULES),
                     in_shardings=(param_sh, batch_sh, rep))
   (loss, metrics), grads = grad_fn(params, sharded_data, key)
   hlo = grad_fn.lower(params, sharded_data, key).as_text()
-  update = train_step.sharded_update(graphdef, TX, mesh, param_sh, opt_sh, batch_sh, **KW,
+  update = train_state.sharded_update(graphdef, TX, mesh, param_sh, opt_sh, batch_sh, **KW,
                                      step_cfg=step_cfg)
   new, opt_state, _ = update(params, jax.device_put(TX.init(params), opt_sh),
                              sharded_data, key)
@@ -139,7 +140,7 @@ def sharded_init() -> dict:
   """init_sharded gives the same values as a one-device init, already in place."""
   cfg = tiny_config()
   mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=2, context=2, tensor=2))
-  _, params, opt_state = train_step.init_sharded(cfg, TX, mesh, seed=5)
+  _, params, opt_state = train_state.init_sharded(cfg, TX, mesh, seed=5)
   reference = nnx.state(model_lib.init(cfg, seed=5), nnx.Param)
   return {'init_diff': max_diff(params, reference),
           'ff_proj_spec': spec_of(params['blocks']['ff_proj'][...]),

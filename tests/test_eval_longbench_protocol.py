@@ -16,7 +16,7 @@ from golden import longbench_inputs as inputs, record
 from lladax import jobs, sampler
 from lladax.config import ConfigError
 from lladax.data import tokenizers
-from lladax.evals import longbench, metrics, oracles, protocols, runner
+from lladax.evals import eval_settings, longbench, metrics, model_calls, oracles, protocols
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
 GOLDEN = record.load('longbench')
@@ -153,13 +153,13 @@ def test_generation_lengths_steps_and_decoding_are_the_wrappers(dataset):
   wrapper = golden['wrapper']
   ids = inputs.BosBytes().encode(golden['prompts'][0], add_special_tokens=True)
   assert longbench.drop_middle(ids, 64) == wrapper['ids']
-  settings = runner.decode_settings(longbench.OC_MAX_OUT_LEN[dataset], 64, 512, 'test')
+  settings = eval_settings.decode_settings(longbench.OC_MAX_OUT_LEN[dataset], 64, 512, 'test')
   assert (settings['gen_length'], settings['steps'], settings['block_length']) == (
       wrapper['gen_length'], wrapper['steps'], wrapper['block_length'])
   # Every generated token is decoded, special ones skipped (the text after an EOS is kept).
   generation = protocols.GENERATION['longllada']
   model = types.SimpleNamespace(generation=generation, tokenizer=inputs.BosBytes(), eos=(256,))
-  assert runner.ModelGenerator.text(model, inputs.GENERATED) == wrapper['text']
+  assert model_calls.ModelGenerator.text(model, inputs.GENERATED) == wrapper['text']
 
 
 def test_the_wrappers_shared_steps_are_not_copied():
@@ -168,7 +168,7 @@ def test_the_wrappers_shared_steps_are_not_copied():
   # chunk of a single dataset (each costs more than max_task_size), so this never showed there.
   assert GOLDEN['wrapper_calls'] == [dict(max_out_len=32, gen_length=64, steps=64),
                                      dict(max_out_len=512, gen_length=512, steps=64)]
-  assert runner.decode_settings(512, 64, 512, 'test')['steps'] == 512
+  assert eval_settings.decode_settings(512, 64, 512, 'test')['steps'] == 512
 
 
 def _gold_scores():
@@ -230,13 +230,13 @@ def test_ultrallada_keeps_16000_tokens_and_weighs_by_questions(tmp_path):
 def test_tiny_checkpoint_run_truncates_on_token_ids(tmp_path, tiny_checkpoint, monkeypatch):
   folder = inputs.write(str(tmp_path / 'LongBench'))
   seen = []
-  original = runner.ModelGenerator.generate_ids
+  original = model_calls.ModelGenerator.generate_ids
 
   def spy(self, prompt_ids, cfg, seed=0, keep=None):
     seen.extend((list(p), cfg.gen_length, cfg.steps) for p in prompt_ids)
     return original(self, prompt_ids, cfg, seed, keep)
 
-  monkeypatch.setattr(runner.ModelGenerator, 'generate_ids', spy)
+  monkeypatch.setattr(model_calls.ModelGenerator, 'generate_ids', spy)
   c = recipe('eval_longbench', tmp_path / 'run', longbench=dict(
       data_dir=folder, datasets=('narrativeqa', 'vcsum'), max_length=99, steps=8))
   c.checkpoint = tiny_checkpoint
@@ -259,11 +259,11 @@ def test_tiny_checkpoint_run_truncates_on_token_ids(tmp_path, tiny_checkpoint, m
 def test_prompt_ids_are_the_model_tokenizers_with_its_special_tokens():
   text = 'Question: where?'
   generation = protocols.GENERATION['longllada']
-  model = runner.ModelGenerator.__new__(runner.ModelGenerator)
+  model = model_calls.ModelGenerator.__new__(model_calls.ModelGenerator)
   model.tokenizer, model.generation, model.bos = inputs.BosBytes(), generation, [1]
   want = [inputs.BosBytes.BOS] + list(text.encode())
-  assert runner.prompt_ids(model, tokenizers.ByteTokenizer(), generation, text) == want
-  assert runner.prompt_ids(None, inputs.BosBytes(), generation, text) == want
+  assert model_calls.prompt_ids(model, tokenizers.ByteTokenizer(), generation, text) == want
+  assert model_calls.prompt_ids(None, inputs.BosBytes(), generation, text) == want
 
 
 def test_summaries_follow_opencompass_groups_and_each_papers_average():
@@ -328,7 +328,7 @@ def test_the_recipe_runs_the_papers_precision():
   from helpers import repo_module  # pylint: disable=import-outside-toplevel
   c = repo_module('configs', 'eval_longbench.py').get_config()
   assert (c.model.dtype, c.model.param_dtype) == ('float16', 'float16')
-  assert protocols.generation('longllada', runner.eval_config(c), c.model)[1] == []
+  assert protocols.generation('longllada', eval_settings.eval_config(c), c.model)[1] == []
 
 
 def _write(tmp_path, name, text):

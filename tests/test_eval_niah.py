@@ -135,11 +135,11 @@ def test_an_oracle_that_ignores_the_needle_scores_low(tmp_path):
 
 def test_tiny_checkpoint_job_resumes_and_draws_the_heatmap(tmp_path, tiny_checkpoint,
                                                           monkeypatch):
-  from lladax.evals import runner
+  from lladax.evals import model_calls
   c = small(tmp_path)
   c.checkpoint = tiny_checkpoint
   c.eval.batch_size = 3
-  real = runner.ModelGenerator.generate
+  real = model_calls.ModelGenerator.generate
   calls = []
 
   class Killed(Exception):
@@ -151,7 +151,7 @@ def test_tiny_checkpoint_job_resumes_and_draws_the_heatmap(tmp_path, tiny_checkp
       raise Killed
     return real(self, prompts, cfg, seed, keep)
 
-  monkeypatch.setattr(runner.ModelGenerator, 'generate', counted)
+  monkeypatch.setattr(model_calls.ModelGenerator, 'generate', counted)
   kill = True
   with pytest.raises(Killed):
     jobs.run(c)

@@ -12,7 +12,7 @@ import pytest
 from lladax import jobs
 from lladax.config import ConfigError
 from lladax.data import tokenizers
-from lladax.evals import niah, oracles, runner
+from lladax.evals import model_calls, niah, oracles
 from golden import niah_inputs, record
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
@@ -326,14 +326,14 @@ def test_the_tiny_checkpoint_gets_prompt_tokens_without_bos(tmp_path, files, tin
   c.checkpoint = tiny_checkpoint
   c.eval.batch_size = 2
   seen = []
-  real = runner.ModelGenerator.generate_ids
+  real = model_calls.ModelGenerator.generate_ids
 
   def spy(self, prompt_ids, cfg, seed=0, keep=None):
     seen.extend(list(p) for p in prompt_ids)
     assert cfg.mask_prediction == 'allow' and cfg.gen_length == 32 and cfg.steps == 32
     return real(self, prompt_ids, cfg, seed, keep)
 
-  monkeypatch.setattr(runner.ModelGenerator, 'generate_ids', spy)
+  monkeypatch.setattr(model_calls.ModelGenerator, 'generate_ids', spy)
   result = jobs.run(c)
   assert len(seen) == 2
   byte = tokenizers.ByteTokenizer()

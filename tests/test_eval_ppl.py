@@ -13,7 +13,7 @@ from flax import nnx
 from lladax import diffusion, jobs, model as model_lib
 from lladax.config import ConfigError
 from lladax.data import tokenizers
-from lladax.evals import lm_eval_adapter, perplexity, runner
+from lladax.evals import lm_eval_adapter, model_calls, perplexity
 from tests.test_eval_common import recipe, tiny_checkpoint, tiny_model_config  # noqa: F401
 
 
@@ -59,7 +59,7 @@ def test_a_uniform_model_has_perplexity_equal_to_its_vocabulary(estimator):
 
 def test_llada_estimator_equals_diffusion_log_likelihood():
   model = model_lib.init(tiny_model_config(), seed=5)
-  scorer = runner.ModelScorer(model, batch_size=8, pad_multiple=64)
+  scorer = model_calls.ModelScorer(model, batch_size=8, pad_multiple=64)
   rng = np.random.default_rng(0)
   prefix, answer = rng.integers(0, 256, 20), rng.integers(0, 256, 8)
   key = jax.random.key(7)

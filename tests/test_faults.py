@@ -28,6 +28,7 @@ from lladax.train import job as train  # noqa: E402
 from lladax.train import checkpoints as train_checkpoint  # noqa: E402
 from lladax.train import batches as train_data  # noqa: E402
 from lladax.train import step as train_step  # noqa: E402
+from lladax.train import state as train_state  # noqa: E402
 from lladax.config import ConfigError  # noqa: E402
 from test_train_resume import losses, recipe  # noqa: E402
 
@@ -219,7 +220,7 @@ def test_an_invalid_data_iterator_state_is_refused():
 # --- SIGTERM -----------------------------------------------------------------------------------
 
 def test_sigterm_during_a_step_stops_after_that_step(tmp_path, monkeypatch, full):
-  real = train_step.sharded_update
+  real = train_state.sharded_update
 
   def signalling_update(*args, **kwargs):
     step_fn, calls = real(*args, **kwargs), []

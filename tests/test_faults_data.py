@@ -12,7 +12,7 @@ import pytest
 
 from lladax import jobs, presets
 from lladax.config import ConfigError
-from lladax.data import pipeline, simple, sources, tokenizers
+from lladax.data import config as data_config, pipeline, simple, sources, tokenizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +141,7 @@ def test_a_stream_without_text_past_the_start_up_check_stops_with_counts(tmp_pat
 
 def simple_batches(tmp_path, source, path):
   tok = tokenizers.ByteTokenizer()
-  cfg = simple.DataConfig(source=source, path=str(path), seq_len=16, batch_size=2)
+  cfg = data_config.DataConfig(source=source, path=str(path), seq_len=16, batch_size=2)
   with deadline():
     return next(simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS))
 

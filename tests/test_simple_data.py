@@ -7,7 +7,7 @@ import pytest
 
 from lladax.train import step as train_step
 from lladax.config import ConfigError
-from lladax.data import retrieval, simple, tokenizers
+from lladax.data import config as data_config, retrieval, simple, tokenizers
 
 
 def test_needle_records_hide_the_key_once_at_varying_depths():
@@ -26,7 +26,7 @@ def test_needle_records_hide_the_key_once_at_varying_depths():
 
 def test_key_value_records_ask_their_own_keys_and_mark_only_values_as_answers():
   tok = tokenizers.ByteTokenizer()
-  cfg = simple.DataConfig(source='retrieval', n_pairs=4, max_questions=4, seq_len=48)
+  cfg = data_config.DataConfig(source='retrieval', n_pairs=4, max_questions=4, seq_len=48)
   rng = np.random.default_rng(1)
   for _ in range(50):
     tokens, given, segments = simple.retrieval_row(rng, tok, cfg, eos_id=tok.EOS,
@@ -65,7 +65,7 @@ def _sft_file(tmp_path, records):
 def test_sft_records_mask_only_their_answers_and_every_record_comes_once_per_epoch(tmp_path):
   tok = tokenizers.ByteTokenizer()
   records = [{'prompt': f'q{i} is ', 'answer': f'{i}.'} for i in range(6)]
-  cfg = simple.DataConfig(source='sft_jsonl', path=_sft_file(tmp_path, records), seq_len=12,
+  cfg = data_config.DataConfig(source='sft_jsonl', path=_sft_file(tmp_path, records), seq_len=12,
                           batch_size=3)
   batches = simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS)
   seen = []
@@ -86,7 +86,7 @@ def test_ignored_sft_padding_leaves_the_loss_only_the_answer_and_one_eos(tmp_pat
   records = [{'prompt': 'the code is ', 'answer': '4821.'}, {'prompt': 'x is ', 'answer': '7.'}]
   kept = {}
   for padding in ('answer', 'ignored'):
-    cfg = simple.DataConfig(source='sft_jsonl', path=_sft_file(tmp_path, records), seq_len=32,
+    cfg = data_config.DataConfig(source='sft_jsonl', path=_sft_file(tmp_path, records), seq_len=32,
                             batch_size=2, sft_padding=padding)
     b = next(simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS))
     # p = 1 - eps masks every maskable token, so `masked` is exactly what the loss can score.
@@ -109,7 +109,7 @@ def test_sft_records_that_cannot_be_trained_are_named(tmp_path):
   tok = tokenizers.ByteTokenizer()
 
   def open_(path, seq_len=12):
-    cfg = simple.DataConfig(source='sft_jsonl', path=path, seq_len=seq_len, batch_size=1)
+    cfg = data_config.DataConfig(source='sft_jsonl', path=path, seq_len=seq_len, batch_size=1)
     return simple.batches(cfg, tok, 0, eos_id=tok.EOS, bos_id=tok.BOS)
 
   with pytest.raises(ConfigError, match='is not a file'):
@@ -122,4 +122,4 @@ def test_sft_records_that_cannot_be_trained_are_named(tmp_path):
 
 def test_an_unknown_sft_padding_is_named():
   with pytest.raises(ConfigError, match='config.data.sft_padding'):
-    simple.DataConfig(source='sft_jsonl', sft_padding='eos')
+    data_config.DataConfig(source='sft_jsonl', sft_padding='eos')

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from helpers import tiny_config
 from lladax import diffusion, model as model_lib, sharding
 from lladax.train import step as train_step
+from lladax.train import state as train_state
 from lladax.config import ConfigError
 
 MASK_ID = 66
@@ -103,9 +104,9 @@ def test_optimizer_state_shardings_mirror_the_parameters():
   mesh = jax.sharding.AbstractMesh((2, 2), ('fsdp', 'tensor'),
                                    axis_types=(jax.sharding.AxisType.Auto,) * 2)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
-  _, params, _ = train_step.abstract_state(tiny_config(), tx)
+  _, params, _ = train_state.abstract_state(tiny_config(), tx)
   param_sh = sharding.param_shardings(params, mesh)
-  adam = train_step.opt_shardings(tx, params, param_sh, mesh)[1][0]
+  adam = train_state.opt_shardings(tx, params, param_sh, mesh)[1][0]
   assert adam.mu['blocks']['q_proj'].get_value().spec == P(None, 'fsdp', 'tensor', None)
   assert adam.nu['blocks']['ff_out'].get_value().spec == P(None, 'tensor', 'fsdp')
   assert adam.nu['wte'].get_value().spec == P(None, 'fsdp')

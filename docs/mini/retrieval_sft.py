@@ -28,7 +28,7 @@ from flax import nnx
 from lladax import diffusion, saved_model
 from lladax.train import optimizer
 from lladax.train import step as train_step
-from lladax.data import simple, tokenizers
+from lladax.data import config as data_config, simple, tokenizers
 from lladax.replay import corpus, probe
 
 TOK = tokenizers.ByteTokenizer()
@@ -53,7 +53,7 @@ def record(rng: np.random.Generator, prose: list[str], needle: dict, shortest: i
 def sft_row(prompt: str, answer: str, width: int) -> tuple[np.ndarray, ...]:
   """lladax's SFT row (tokens, prompt mask, segment ids) with sft_padding='ignored': the answer
   and one EOS are noised and scored, the padding after them is segment 0."""
-  cfg = simple.DataConfig(source='sft_jsonl', seq_len=width, sft_padding='ignored')
+  cfg = data_config.DataConfig(source='sft_jsonl', seq_len=width, sft_padding='ignored')
   return simple.sft_row([(prompt, False), (answer, True)], TOK, cfg, TOK.EOS, TOK.BOS,
                         where='a record of this script (lower --haystack)')
 

@@ -71,7 +71,7 @@ from lladax import saved_model
 from lladax import diffusion, sampler
 from lladax.config import ConfigError, choice
 from lladax.data import tokenizers
-from lladax.evals import protocols, runner
+from lladax.evals import eval_settings, model_calls, protocols
 
 UNTIL_MODES = ('official', 'max_gen_toks')
 # What lm-eval itself adds to the model arguments (create_from_arg_string); unused here.
@@ -204,7 +204,7 @@ class LladaxLM:
 
   def _padded(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded to a bucketed width: (tokens [B, W], real [B, W])."""
-    width = runner.bucket(max(1, max(len(r) for r in rows)), self.pad_multiple)
+    width = model_calls.bucket(max(1, max(len(r) for r in rows)), self.pad_multiple)
     tokens = np.full((len(rows), width), self.model.cfg.pad_token_id, np.int32)
     real = np.zeros((len(rows), width), bool)
     for i, row in enumerate(rows):
@@ -309,7 +309,7 @@ class LladaxLM:
     out = []
     for i, (context, until, kwargs) in enumerate(parsed):
       max_toks = _int(kwargs.get('max_gen_toks', self.max_gen_toks), 'max_gen_toks')
-      decode = runner.decode_settings(max_toks, min(self.block_length, max_toks), self.steps,
+      decode = eval_settings.decode_settings(max_toks, min(self.block_length, max_toks), self.steps,
                                       'generate_until')
       temperature = float(kwargs.get('temperature', 0.0)) if kwargs.get('do_sample', True) else 0.0
       cfg = sampler.SamplerConfig(**decode, temperature=temperature, cfg_scale=self.cfg,

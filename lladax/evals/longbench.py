@@ -46,7 +46,7 @@ from typing import Callable
 from lladax import sampler
 from lladax.config import ConfigError, choice, from_section
 from lladax.data import tokenizers
-from lladax.evals import metrics, oracles, protocols, runner
+from lladax.evals import eval_settings, loading, metrics, model_calls, oracles, protocols, results
 
 # ---------------------------------------------------------------------------------------------
 # lladax's reading of THUDM/LongBench (protocol 'lladax')
@@ -362,7 +362,7 @@ def bucket_of(length) -> str:
 
 
 def _buckets(mine: list[dict]) -> dict:
-  return {b: round(100 * runner.mean(r['score'] for r in mine if bucket_of(r['length']) == b), 2)
+  return {b: round(100 * results.mean(r['score'] for r in mine if bucket_of(r['length']) == b), 2)
           for b in ('0-4k', '4-8k', '8k+')}
 
 
@@ -370,14 +370,14 @@ def summarise(rows: list[dict], datasets: list[str], longbench_e: bool) -> dict:
   per = {}
   for d in datasets:
     mine = [r for r in rows if r['dataset'] == d]
-    per[d] = {'score': round(100 * runner.mean(r['score'] for r in mine), 2), 'n': len(mine)}
+    per[d] = {'score': round(100 * results.mean(r['score'] for r in mine), 2), 'n': len(mine)}
     if longbench_e:
       per[d]['buckets'] = _buckets(mine)
-  groups = {g: runner.mean(per[d]['score'] for d in members if d in per)
+  groups = {g: results.mean(per[d]['score'] for d in members if d in per)
             for g, members in GROUPS.items() if any(d in per for d in members)}
   total = sum(v['n'] for v in per.values())
   return {'datasets': per, 'groups': groups,
-          'avg': runner.mean(v['score'] for v in per.values()),
+          'avg': results.mean(v['score'] for v in per.values()),
           'weighted_avg': sum(v['score'] * v['n'] for v in per.values()) / max(total, 1)}
 
 
@@ -447,7 +447,7 @@ def oc_terms(dataset: str, prediction: str, sample: dict,
 
 
 def _mean_if_complete(values: dict, members) -> float | None:
-  return runner.mean(values[m] for m in members) if all(m in values for m in members) else None
+  return results.mean(values[m] for m in members) if all(m in values for m in members) else None
 
 
 def summarise_papers(rows: list[dict], datasets: list[str], longbench_e: bool,
@@ -470,7 +470,7 @@ def summarise_papers(rows: list[dict], datasets: list[str], longbench_e: bool,
   n = sum(v['n'] for v in per.values())
   averages = {
       'categories': _mean_if_complete(groups, GROUPS),
-      'datasets': runner.mean(scores.values()),
+      'datasets': results.mean(scores.values()),
       'questions': sum(v['score'] * v['n'] for v in per.values()) / n,
       'en': _mean_if_complete(scores, EN),
       'zh': _mean_if_complete(scores, ZH),
@@ -518,7 +518,7 @@ def papers_compute(cfg: LongBenchConfig, inputs: Inputs, generator, tok, generat
   def compute(dataset, chosen, seed):
     texts = [with_chat_template(dataset, oc_prompt(dataset, s, inputs.templates[dataset]), cfg)
              for s in chosen]
-    full = [runner.prompt_ids(generator, tok, generation, t) for t in texts]
+    full = [model_calls.prompt_ids(generator, tok, generation, t) for t in texts]
     kept = [drop_middle(ids, cfg.prompt_length) for ids in full]
     if hasattr(generator, 'generate_ids'):
       preds = generator.generate_ids(kept, decode(dataset), seed=seed)
@@ -552,22 +552,22 @@ def lladax_compute(cfg: LongBenchConfig, inputs: Inputs, generator, tok, decode,
   return compute
 
 
-def run(config, generator: runner.Generator | None = None) -> dict:
+def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_longbench job; `generator` replaces the model (tests). With config.eval.oracle
   every prompt is answered with its first gold answer, which scores 100 on every metric where
   the metric gives its own reference full marks."""
   cfg = from_section(LongBenchConfig, config.get('longbench'), 'config.longbench')
-  ecfg = runner.eval_config(config)
-  paths = runner.output_paths(config, ecfg, 'longbench')
+  ecfg = eval_settings.eval_config(config)
+  paths = results.output_paths(config, ecfg, 'longbench')
   inputs = read_inputs(cfg)
   gold: dict[str, str] | None = {} if ecfg.oracle else None  # prompt -> first answer
-  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.lookup(gold),
+  generator, tok, info = loading.setup(config, ecfg, generator, lambda: oracles.lookup(gold),
                                       protocol=cfg.protocol)
-  generation = runner.generation_of(info)
-  info = runner.note_deviations(info, deviations(cfg, sampler.from_config(config)), 'LongBench')
+  generation = eval_settings.generation_of(info)
+  info = eval_settings.note_deviations(info, deviations(cfg, sampler.from_config(config)), 'LongBench')
 
   def decode(dataset):
-    return runner.sampler_settings(config, generation, **runner.decode_settings(
+    return eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
         inputs.budgets[dataset], cfg.block_length, cfg.steps, 'config.longbench'))
 
   # What every dataset shares, whichever ran: a run extended by datasets or by `limit` keeps
@@ -577,7 +577,7 @@ def run(config, generator: runner.Generator | None = None) -> dict:
                   code_sim=cfg.code_sim, prompts=cfg.prompts or 'built-in',
                   max_new_tokens=cfg.max_new_tokens or 'built-in',
                   sampler={d: dataclasses.asdict(decode(d)) for d in METRIC})
-  store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
+  store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   cells = [dict(dataset=d, index=i) for d in inputs.datasets
            for i in range(len(inputs.samples[d]))]
   compute_for = (papers_compute(cfg, inputs, generator, tok, generation, decode, gold)
@@ -589,14 +589,14 @@ def run(config, generator: runner.Generator | None = None) -> dict:
     out = compute_for(dataset, chosen, batch[0]['index'])
     return [dict(r, length=s.get('length'), id=s.get('_id')) for r, s in zip(out, chosen)]
 
-  rows = runner.run_cells(cells, store, compute, ecfg.batch_size, 'longbench',
+  rows = results.run_cells(cells, store, compute, ecfg.batch_size, 'longbench',
                           group=lambda c: c['dataset'])
   summary = (summarise_papers(rows, inputs.datasets, cfg.longbench_e, cfg.protocol)
              if cfg.papers else summarise(rows, inputs.datasets, cfg.longbench_e))
   result = dict(job='eval_longbench', **settings, missing=inputs.missing, limit=cfg.limit,
                 **summary, cells=rows)
-  runner.write_json(paths['json'], result)
-  runner.write_csv(paths['csv'], [dict(dataset=d, metric=METRIC[d], n=v['n'], score=v['score'])
+  results.write_json(paths['json'], result)
+  results.write_csv(paths['csv'], [dict(dataset=d, metric=METRIC[d], n=v['n'], score=v['score'])
                                   for d, v in summary['datasets'].items()])
   _print(cfg, summary)
   logging.info('LongBench results in %s', paths['json'])

@@ -39,7 +39,7 @@ import re
 import numpy as np
 
 from lladax.config import ConfigError, choice, from_section
-from lladax.evals import haystack, metrics, oracles, plots, protocols, runner
+from lladax.evals import eval_settings, haystack, loading, metrics, model_calls, oracles, plots, protocols, results
 
 GRIDS = {
     # LongLLaDA Fig. 2/6: 2K-32K, depths 0-100 step 10, 10 repeats, gen 32, block 32, steps 32.
@@ -471,7 +471,7 @@ def load_origin(cfg: NiahConfig) -> tuple[OriginBuilder, list[str]]:
 def paper_deviations(cfg: NiahConfig, scfg) -> list[str]:
   """The settings of a paper-protocol run that differ from what the paper ran."""
   grid = GRIDS[cfg.protocol]
-  steps = runner.decode_settings(PAPER_GEN_LENGTH, PAPER_BLOCK_LENGTH, grid['steps'], '')['steps']
+  steps = eval_settings.decode_settings(PAPER_GEN_LENGTH, PAPER_BLOCK_LENGTH, grid['steps'], '')['steps']
   expected = dict(lengths=sorted(grid['lengths']), depths=sorted(grid['depths']),
                   repeats=grid['repeats'], length_buffer=PAPER_LENGTH_BUFFER)
   chosen = dict(lengths=sorted(cfg.resolved('lengths')), depths=sorted(cfg.resolved('depths')),
@@ -503,15 +503,15 @@ def summarise(cfg: NiahConfig, rows: list[dict]) -> dict:
                 **paper_summary(rows, lengths, depths), cells=rows)
 
   def grid(field):
-    return [[runner.mean(r[field] for r in rows if r['length'] == l and r['depth'] == d)
+    return [[results.mean(r[field] for r in rows if r['length'] == l and r['depth'] == d)
              for d in depths] for l in lengths]
 
   return dict(lengths=lengths, depths=depths, repeats=cfg.resolved('repeats'),
               grid={'score': grid('score'), 'exact': grid('exact')},
-              by_length={str(l): runner.mean(r['score'] for r in rows if r['length'] == l)
+              by_length={str(l): results.mean(r['score'] for r in rows if r['length'] == l)
                          for l in lengths},
-              overall=runner.mean(r['score'] for r in rows),
-              overall_exact=runner.mean(r['exact'] for r in rows), cells=rows)
+              overall=results.mean(r['score'] for r in rows),
+              overall_exact=results.mean(r['exact'] for r in rows), cells=rows)
 
 
 def paper_summary(rows: list[dict], lengths, depths) -> dict:
@@ -533,13 +533,13 @@ def _prompt_tokens(cfg: NiahConfig, generator, tok, generation: protocols.Genera
   given; under lladax's, the text's tokens without BOS (what the replay's report has read)."""
   if not cfg.paper:
     return len(tok.encode(prompt))
-  return len(runner.prompt_ids(generator, tok, generation, prompt))
+  return len(model_calls.prompt_ids(generator, tok, generation, prompt))
 
 
 def _lladax_job(config, cfg: NiahConfig, ecfg, generator):
   """(generator, tok, info, build(cell) -> built, score(built, prediction) -> result, settings)."""
   needles = load_needles(cfg)
-  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.niah(needles),
+  generator, tok, info = loading.setup(config, ecfg, generator, lambda: oracles.niah(needles),
                                       protocol=cfg.protocol)
   counter, counted_in = haystack.counting_tokenizer(cfg.count_tokenizer, tok,
                                                     'config.niah.count_tokenizer')
@@ -565,10 +565,10 @@ def _lladax_job(config, cfg: NiahConfig, ecfg, generator):
 def _paper_job(config, cfg: NiahConfig, ecfg, generator):
   builder, count_deviations = load_origin(cfg)
   builder.prepare(max(cfg.resolved('lengths')), cfg.resolved('repeats'))
-  generator, tok, info = runner.setup(
+  generator, tok, info = loading.setup(
       config, ecfg, generator, lambda: oracles.niah(builder.oracle_needles()),
       protocol=cfg.protocol)
-  info = runner.note_deviations(info, count_deviations, 'NIAH')
+  info = eval_settings.note_deviations(info, count_deviations, 'NIAH')
 
   def score(b, pred):
     return dict(score=paper_score(pred, b['reference']), context_tokens=b['context_tokens'],
@@ -581,20 +581,20 @@ def _paper_job(config, cfg: NiahConfig, ecfg, generator):
   return generator, tok, info, builder.cell, score, settings
 
 
-def run(config, generator: runner.Generator | None = None) -> dict:
+def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_niah job; `generator` replaces the model (tests, oracles)."""
   cfg = from_section(NiahConfig, config.get('niah'), 'config.niah')
-  ecfg = runner.eval_config(config)
-  paths = runner.output_paths(config, ecfg, 'niah')
+  ecfg = eval_settings.eval_config(config)
+  paths = results.output_paths(config, ecfg, 'niah')
   job = _paper_job if cfg.paper else _lladax_job
   generator, tok, info, build, score, settings = job(config, cfg, ecfg, generator)
-  generation = runner.generation_of(info)
-  scfg = runner.sampler_settings(config, generation, **runner.decode_settings(
+  generation = eval_settings.generation_of(info)
+  scfg = eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
       cfg.gen_length, cfg.block_length, cfg.resolved('steps'), 'config.niah'))
   if cfg.paper:
-    info = runner.note_deviations(info, paper_deviations(cfg, scfg), 'NIAH')
+    info = eval_settings.note_deviations(info, paper_deviations(cfg, scfg), 'NIAH')
   settings = dict(info, sampler=dataclasses.asdict(scfg), **settings)
-  store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
+  store = results.ResultStore(paths['cells'], settings, ecfg.resume)
 
   def compute(batch):
     built = [build(c['length'], c['depth'], c['repeat']) for c in batch]
@@ -604,17 +604,17 @@ def run(config, generator: runner.Generator | None = None) -> dict:
                  prompt_tokens=_prompt_tokens(cfg, generator, tok, generation, b['prompt']))
             for b, pred in zip(built, preds)]
 
-  rows = runner.run_cells(cells(cfg), store, compute, ecfg.batch_size, 'niah',
+  rows = results.run_cells(cells(cfg), store, compute, ecfg.batch_size, 'niah',
                           group=lambda c: c['length'])
   summary = summarise(cfg, rows)
   result = dict(job='eval_niah', **settings, grid_preset=cfg.grid_name, **summary)
-  runner.write_json(paths['json'], result)
+  results.write_json(paths['json'], result)
   fields = ('length', 'depth', 'repeat', 'score') + (() if cfg.paper else ('exact',)) + (
       'context_tokens', 'prompt_tokens', 'prediction')
-  runner.write_csv(paths['csv'], [{k: r[k] for k in fields} for r in summary['cells']])
+  results.write_csv(paths['csv'], [{k: r[k] for k in fields} for r in summary['cells']])
   name = '/'.join(str(info.get('checkpoint')).rstrip('/').split('/')[-2:])
   title = f'NIAH  {name}  {cfg.protocol}  overall {summary["overall"]:.1f}'
-  result['png'] = runner.try_plot(plots.heatmap, summary['grid']['score'], summary['lengths'],
+  result['png'] = results.try_plot(plots.heatmap, summary['grid']['score'], summary['lengths'],
                                   summary['depths'], paths['png'], title)
   exact = '' if cfg.paper else f'  exact {summary["overall_exact"]:.2f}'
   logging.info('NIAH (%s) overall %.2f%s; by length %s; results in %s', cfg.protocol,

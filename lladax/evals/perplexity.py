@@ -26,7 +26,7 @@ import numpy as np
 
 from lladax import diffusion
 from lladax.config import ConfigError, choice, from_section
-from lladax.evals import haystack, plots, runner
+from lladax.evals import eval_settings, haystack, loading, model_calls, plots, results
 
 ESTIMATORS = ('longllada', 'llada')
 
@@ -83,7 +83,7 @@ def llada_masks(key: jax.Array, chunk: int, samples: int, batch: int) -> np.ndar
   return np.concatenate(rows)
 
 
-def chunk_loss(scorer: runner.ModelScorer, prefix: np.ndarray, answer: np.ndarray,
+def chunk_loss(scorer: model_calls.ModelScorer, prefix: np.ndarray, answer: np.ndarray,
                masked: np.ndarray, estimator: str, batch: int) -> float:
   """Loss per token (nats) of `answer` given `prefix` under one estimator, from masks [M, C]."""
   m, c = masked.shape
@@ -138,25 +138,25 @@ def load_tokens(cfg: PplConfig, tok, bos_id) -> np.ndarray:
   return np.asarray(ids[:need], np.int32)
 
 
-def run(config, scorer: runner.ModelScorer | None = None, tok=None) -> dict:
+def run(config, scorer: model_calls.ModelScorer | None = None, tok=None) -> dict:
   """The eval_ppl job; `scorer` and `tok` replace the checkpoint's (tests)."""
   cfg = from_section(PplConfig, config.get('ppl'), 'config.ppl')
-  ecfg = runner.eval_config(config)
+  ecfg = eval_settings.eval_config(config)
   if ecfg.oracle:
     raise ConfigError('config.eval.oracle=True does not apply to eval_ppl, which has no oracle '
                       '(a perplexity needs a model); drop it and pass --config.checkpoint=DIR.')
-  paths = runner.output_paths(config, ecfg, 'ppl')
+  paths = results.output_paths(config, ecfg, 'ppl')
   if scorer is None:
-    model, tok, info = runner.load(config, oracle=False)
-    model, put, context = runner.place(model, config, ecfg)
-    scorer = runner.ModelScorer(model, ecfg.batch_size, ecfg.pad_multiple, put, context)
+    model, tok, info = loading.load(config, oracle=False)
+    model, put, context = loading.place(model, config, ecfg)
+    scorer = model_calls.ModelScorer(model, ecfg.batch_size, ecfg.pad_multiple, put, context)
   else:
     info = {'checkpoint': config.get('checkpoint') or 'custom scorer', 'rope': None,
             'model': None}
   tokens = load_tokens(cfg, tok, getattr(scorer, 'bos_id', None))
   settings = dict(info, text=cfg.text, chunk=cfg.chunk, mc_samples=cfg.mc_samples,
                   mc_batch=cfg.mc_batch, add_bos=cfg.add_bos, seed=cfg.seed)
-  store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
+  store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   cells = [dict(estimator=e, chunk=i) for e in cfg.estimators
            for i in chunk_indices(len(tokens), cfg)]
 
@@ -172,7 +172,7 @@ def run(config, scorer: runner.ModelScorer | None = None, tok=None) -> dict:
       out.append({'loss': loss, 'end': (i + 1) * c})
     return out
 
-  runner.run_cells(cells, store, compute, 1, 'ppl')
+  results.run_cells(cells, store, compute, 1, 'ppl')
   curves, values = {}, {}
   for e in cfg.estimators:
     losses = {c['chunk']: store.get(c)['loss'] for c in cells if c['estimator'] == e}
@@ -181,8 +181,8 @@ def run(config, scorer: runner.ModelScorer | None = None, tok=None) -> dict:
     values[e] = at_lengths(xs, ys, sorted(cfg.lengths))
   result = dict(job='eval_ppl', **settings, lengths=sorted(cfg.lengths),
                 tokens=int(len(tokens)), perplexity=values, curves=curves)
-  runner.write_json(paths['json'], result)
-  result['png'] = runner.try_plot(
+  results.write_json(paths['json'], result)
+  result['png'] = results.try_plot(
       plots.lines, {e: (v['positions'], v['perplexity']) for e, v in curves.items()},
       paths['png'], 'context length (tokens)', 'perplexity (running geometric mean)',
       f'perplexity against length  {info.get("checkpoint")}')

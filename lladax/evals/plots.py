@@ -1,5 +1,5 @@
 """Pictures of results, drawn like the papers' figures. matplotlib is imported here only, when a
-job draws, so the library works without it (jobs check with runner.try_plot)."""
+job draws, so the library works without it (jobs check with results.try_plot)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 
 from lladax.config import ConfigError, choice, from_section
-from lladax.evals import haystack, metrics, oracles, plots, protocols, runner, ruler_tasks
+from lladax.evals import eval_settings, haystack, loading, metrics, model_calls, oracles, plots, protocols, results, ruler_tasks
 from lladax.evals import ruler_opencompass as oc
 
 SCORERS = {'all': metrics.string_match_all, 'part': metrics.string_match_part}
@@ -194,41 +194,41 @@ class Builder:
 
 
 def summarise(tasks: list[str], lengths: list[int], rows: list[dict]) -> dict:
-  scores = {t: {str(l): runner.mean(r['score'] for r in rows if r['task'] == t and r['length'] == l)
+  scores = {t: {str(l): results.mean(r['score'] for r in rows if r['task'] == t and r['length'] == l)
                 for l in lengths} for t in tasks}
   groups = {}
   for name, members in ruler_tasks.GROUPS.items():
     present = [t for t in members if t in tasks]
     if present:
-      groups[name] = {str(l): runner.mean(scores[t][str(l)] for t in present) for l in lengths}
-  groups[oc.average_name(tasks)] = {str(l): runner.mean(scores[t][str(l)] for t in tasks)
+      groups[name] = {str(l): results.mean(scores[t][str(l)] for t in present) for l in lengths}
+  groups[oc.average_name(tasks)] = {str(l): results.mean(scores[t][str(l)] for t in tasks)
                                  for l in lengths}
   return {'scores': scores, 'groups': groups,
-          'overall': {g: runner.mean(v.values()) for g, v in groups.items()}}
+          'overall': {g: results.mean(v.values()) for g, v in groups.items()}}
 
 
-def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> dict:
-  ecfg = runner.eval_config(config)
-  paths = runner.output_paths(config, ecfg, 'ruler')
+def run_lladax(config, cfg: RulerConfig, generator: model_calls.Generator | None) -> dict:
+  ecfg = eval_settings.eval_config(config)
+  paths = results.output_paths(config, ecfg, 'ruler')
   res = resources(cfg)
   qa_answers = {}
   for data in res.qa.values():
     qa_answers.update(data.answers_by_question())
-  generator, tok, info = runner.setup(config, ecfg, generator, lambda: oracles.ruler(qa_answers),
+  generator, tok, info = loading.setup(config, ecfg, generator, lambda: oracles.ruler(qa_answers),
                                       protocol='lladax')
-  generation = runner.generation_of(info)
+  generation = eval_settings.generation_of(info)
   counter, counted_in = haystack.counting_tokenizer(cfg.count_tokenizer, tok,
                                                     'config.ruler.count_tokenizer')
   tasks, lengths = cfg.task_list(), cfg.grid()
 
   def decode(task):
     budget = ruler_tasks.BUDGET[ruler_tasks.TASKS[task][0]]
-    return runner.sampler_settings(config, generation, **runner.decode_settings(
+    return eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
         cfg.gen_length or budget, cfg.block_length, cfg.steps, 'config.ruler'))
 
   settings = dict(info, counted_in=counted_in, seed=cfg.seed,
                   sampler={t: dataclasses.asdict(decode(t)) for t in ruler_tasks.TASKS})
-  store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
+  store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   builder = Builder(cfg, res, counter)
   cells = cells_of(cfg, tasks, lengths, len(res.pool))
 
@@ -247,7 +247,7 @@ def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> 
                       score=score(metrics.ruler_postprocess(pred), sample.answers)))
     return out
 
-  rows = runner.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
+  rows = results.run_cells(cells, store, compute, ecfg.batch_size, 'ruler',
                           group=lambda c: (c['task'], c['length']))
   summary = summarise(tasks, lengths, rows)
   return finish(paths, dict(job='eval_ruler', **settings, files=files(cfg), tasks=tasks,
@@ -335,9 +335,9 @@ class PaperSamples:
     return self._samples
 
 
-def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> dict:
-  ecfg = runner.eval_config(config)
-  paths = runner.output_paths(config, ecfg, 'ruler')
+def run_paper(config, cfg: RulerConfig, generator: model_calls.Generator | None) -> dict:
+  ecfg = eval_settings.eval_config(config)
+  paths = results.output_paths(config, ecfg, 'ruler')
   tasks, lengths, not_run = cfg.task_list(), cfg.grid(), cfg.not_run()
   encoder, count_deviations = haystack.cl100k(cfg.count_tokenizer, 'config.ruler.count_tokenizer')
   counter = oc.Counter(encoder.encode_refusing_special)
@@ -347,18 +347,18 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
     # it cannot use fails now, not hours into the run.
     draw(cfg, task, lengths[0], 1, counter, mat)
   qa_prompts: dict[str, list[str]] = {}
-  generator, _, info = runner.setup(config, ecfg, generator,
+  generator, _, info = loading.setup(config, ecfg, generator,
                                     lambda: oracles.Oracle(oc.solver(qa_prompts)),
                                     protocol=cfg.protocol)
-  generation = runner.generation_of(info)
+  generation = eval_settings.generation_of(info)
   turn = cfg.answer_turn or ANSWER_TURN[cfg.protocol]
 
   def decode(task):
     gen = cfg.gen_length or oc.TOKENS_TO_GENERATE[oc.TASKS[task][0]]
-    return runner.sampler_settings(config, generation, **runner.decode_settings(
+    return eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
         gen, cfg.block_length, cfg.steps, 'config.ruler'))
 
-  info = runner.note_deviations(info, count_deviations + paper_deviations(
+  info = eval_settings.note_deviations(info, count_deviations + paper_deviations(
       cfg, lengths, mat.words.version, turn, decode(tasks[0])), 'RULER')
   # Whatever the run's selection: a run extended by tasks keeps the same header.
   settings = dict(info, count_tokenizer=cfg.count_tokenizer,
@@ -366,7 +366,7 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
                   answer_turn=turn, seed=cfg.seed,
                   abbr={t: spec['abbr'] for t, (_, spec) in oc.TASKS.items()},
                   sampler={t: dataclasses.asdict(decode(t)) for t in oc.TASKS})
-  store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
+  store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   drawn = PaperSamples(cfg, counter, mat)
 
   def compute(batch):
@@ -383,14 +383,14 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
                       score=100 * m))
     return out
 
-  rows = runner.run_cells(cells_of(cfg, tasks, lengths), store, compute, ecfg.batch_size,
+  rows = results.run_cells(cells_of(cfg, tasks, lengths), store, compute, ecfg.batch_size,
                           'ruler', group=lambda c: (c['task'], c['length']))
   scores = {t: {str(l): oc.task_score([r['match'] for r in rows
                                        if r['task'] == t and r['length'] == l])
                 for l in lengths} for t in tasks}
   groups = oc.summarise(scores, lengths)
   summary = {'scores': scores, 'groups': groups,
-             'overall': {g: runner.mean(v.values()) for g, v in groups.items()}}
+             'overall': {g: results.mean(v.values()) for g, v in groups.items()}}
   return finish(paths, dict(job='eval_ruler', **settings, files=files(cfg), tasks=tasks,
                             lengths=lengths, samples=cfg.samples, not_run=not_run, **summary,
                             cells=rows), info)
@@ -402,10 +402,10 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
 def finish(paths: dict, result: dict, info: dict) -> dict:
   """Writes the JSON, the CSV (task x length, then the groups) and the picture; prints groups."""
   lengths, groups, scores = result['lengths'], result['groups'], result['scores']
-  runner.write_json(paths['json'], result)
-  runner.write_csv(paths['csv'], [dict(task=t, **scores[t]) for t in result['tasks']]
+  results.write_json(paths['json'], result)
+  results.write_csv(paths['csv'], [dict(task=t, **scores[t]) for t in result['tasks']]
                    + [dict(task=f'[{g}]', **v) for g, v in groups.items()])
-  result['png'] = runner.try_plot(
+  result['png'] = results.try_plot(
       plots.lines, {g: (lengths, [v[str(l)] for l in lengths]) for g, v in groups.items()},
       paths['png'], 'context length (tokens)', 'score', f'RULER  {info.get("checkpoint")}')
   for g, v in groups.items():
@@ -419,7 +419,7 @@ def finish(paths: dict, result: dict, info: dict) -> dict:
   return result
 
 
-def run(config, generator: runner.Generator | None = None) -> dict:
+def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_ruler job; `generator` replaces the model (tests, oracles)."""
   cfg = from_section(RulerConfig, config.get('ruler'), 'config.ruler')
   if cfg.protocol == 'lladax':

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from lladax.evals import plots, runner
+from lladax.evals import plots, results
 
 EXACT = 'exact'
 
@@ -136,21 +136,21 @@ def _figures(out_dir: str, summary: dict) -> dict:
             if not v['strategy']}
   panels.update({f'post_{s}': e['grid_exact'] for s, e in summary['strategies'].items()})
   for name, grid in panels.items():
-    pictures[f'niah_{name}'] = runner.try_plot(
+    pictures[f'niah_{name}'] = results.try_plot(
         plots.heatmap, grid, lengths, depths, os.path.join(out_dir, f'niah_{name}.png'),
         f'{name}: exact match (%)')
   series = {n: (lengths, [v['ppl'][str(l)] for l in lengths])
             for n, v in summary['variants'].items() if not v['strategy']}
   series.update({f'post_{s}': (lengths, [e['ppl'][str(l)]['mean'] for l in lengths])
                  for s, e in summary['strategies'].items()})
-  pictures['ppl'] = runner.try_plot(plots.lines, series, os.path.join(out_dir, 'ppl.png'),
+  pictures['ppl'] = results.try_plot(plots.lines, series, os.path.join(out_dir, 'ppl.png'),
                                     'context length (tokens)', 'perplexity (bytes)',
                                     'perplexity against length')
   acc = {n: (lengths, [v['niah']['exact'][str(l)] for l in lengths])
          for n, v in summary['variants'].items() if not v['strategy']}
   acc.update({f'post_{s}': (lengths, [e['exact'][str(l)]['mean'] for l in lengths])
               for s, e in summary['strategies'].items()})
-  pictures['niah_by_length'] = runner.try_plot(
+  pictures['niah_by_length'] = results.try_plot(
       plots.lines, acc, os.path.join(out_dir, 'niah_by_length.png'), 'context length (tokens)',
       'NIAH exact match (%)', 'needle retrieval against length')
   return pictures
@@ -170,7 +170,7 @@ def write(out_dir: str, rcfg, evaluated: dict, pretrained: dict, instructed: dic
   summary['pictures'] = _figures(out_dir, summary)
   summary['command'] = command()
   summary['machine'] = machine()
-  runner.write_json(os.path.join(out_dir, 'results.json'), summary)
+  results.write_json(os.path.join(out_dir, 'results.json'), summary)
   with open(os.path.join(out_dir, 'results.md'), 'w', encoding='utf-8') as f:
     f.write(markdown(summary))
   return summary

@@ -20,7 +20,7 @@ import time
 from lladax import jobs, saved_model
 from lladax.config import ConfigError, from_section
 from lladax.data import tokenizers
-from lladax.evals import haystack, niah, runner
+from lladax.evals import haystack, niah, results
 from lladax.replay import corpus, probe, report, stages
 from lladax.replay.settings import ReplayConfig
 
@@ -51,7 +51,7 @@ def _run_stage(config) -> tuple[dict, float]:
     if recorded['done'] and config.job == 'train':
       logging.info('replay: %s is done; skipping it', config.workdir)
       return recorded['result'], recorded['seconds']
-  runner.write_json(path, recorded)
+  results.write_json(path, recorded)
   start = time.perf_counter()
   result = jobs.run(config)
   if not recorded['done']:   # a finished evaluation only re-reads its cells: no time to count
@@ -59,7 +59,7 @@ def _run_stage(config) -> tuple[dict, float]:
   if config.job == 'train' and result['stopped_early']:
     # The train job stops on SIGTERM (a kill, or a preemption) with a checkpoint to resume from
     # and no model: the stage is not done, and no later stage may start from it.
-    runner.write_json(path, recorded)
+    results.write_json(path, recorded)
     logging.warning('replay: %s stopped before its last step; rerun the same command to resume '
                     'it', config.workdir)
     raise SystemExit(143)
@@ -67,7 +67,7 @@ def _run_stage(config) -> tuple[dict, float]:
   if config.job == 'train':
     result = {'model_dir': result['model_dir'], 'history': result['history']}
     recorded['result'] = result
-  runner.write_json(path, recorded)
+  results.write_json(path, recorded)
   return result, recorded['seconds']
 
 

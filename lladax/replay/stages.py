@@ -19,8 +19,8 @@ import os
 import ml_collections
 
 from lladax import presets
-from lladax.data import simple
-from lladax.evals import niah, perplexity, runner
+from lladax.data import config as data_config
+from lladax.evals import eval_settings, niah, perplexity
 from lladax.replay import corpus
 from lladax.replay.settings import ReplayConfig
 
@@ -46,7 +46,7 @@ def _pipeline_data(seq_len: int, batch_size: int) -> ml_collections.ConfigDict:
   """config.data of a stage that reads the Grain pipeline: only what that reads, so a setting
   for another stage (e.g. data.sft_padding for the instruct stage) does not make a finished
   pre-training or post-training folder look like another run's."""
-  return presets.section(simple.DataConfig, source='pipeline', seq_len=seq_len,
+  return presets.section(data_config.DataConfig, source='pipeline', seq_len=seq_len,
                          batch_size=batch_size)
 
 
@@ -138,7 +138,7 @@ def _eval_base(config, job: str, variant: Variant, rcfg: ReplayConfig, workdir: 
   c.rope = presets.section(presets.RopeConfig)
   if variant.rule != 'none':
     c.rope.update(rule=variant.rule, target_length=rcfg.post_length)
-  c.eval = presets.section(runner.EvalConfig, batch_size=rcfg.eval_batch_size, pad_multiple=32)
+  c.eval = presets.section(eval_settings.EvalConfig, batch_size=rcfg.eval_batch_size, pad_multiple=32)
   return c
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from lladax.config import ConfigError, from_section
-from lladax.data import pipeline as pipeline_lib, simple
+from lladax.data import config as data_config, pipeline as pipeline_lib, simple
 
 
 class Replayed:
@@ -78,7 +78,7 @@ def invalid_state(state, needs: str) -> ConfigError:
                      'wrote, or start afresh in a new config.workdir.')
 
 
-def open_batches(config, dcfg: simple.DataConfig, tokenizer, mcfg, *, rows: int,
+def open_batches(config, dcfg: data_config.DataConfig, tokenizer, mcfg, *, rows: int,
                  process_index: int | None = None, process_count: int | None = None,
                  held_out: bool = False):
   """This process's batches of `rows` rows (its share of the global batch).
@@ -111,7 +111,7 @@ def open_batches(config, dcfg: simple.DataConfig, tokenizer, mcfg, *, rows: int,
   if count > 1:
     raise ConfigError(f"config.data.source={dcfg.source!r} is a single-host generator; use "
                       "config.data.source='pipeline' with config.pipeline for multi-host runs.")
-  local = simple.DataConfig(**{**dcfg.__dict__, 'batch_size': rows})
+  local = data_config.DataConfig(**{**dcfg.__dict__, 'batch_size': rows})
   seed = config.seed + (1_000_003 if held_out else 0)
   return Replayed(lambda: simple.batches(local, tokenizer, seed, eos_id=mcfg.eos_token_id,
                                          bos_id=mcfg.bos_token_id))

@@ -31,8 +31,9 @@ from lladax.train import optimizer
 from lladax.train import checkpoints as train_checkpoint
 from lladax.train import batches as train_data
 from lladax.train import step as train_step
+from lladax.train import state as train_state
 from lladax.config import ConfigError, choice, from_section
-from lladax.data import global_batch, simple, tokenizers
+from lladax.data import config as data_config, global_batch, tokenizers
 
 OBJECTIVES = ('pretrain', 'sft')
 
@@ -99,9 +100,7 @@ def initial_model(config, mcfg: model_config.ModelConfig, shardings=None) -> mod
       raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
                         f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
   rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
-  model, _ = saved_model.load_with_rope(config.checkpoint, rope_cfg, shardings=shardings,
-                                      **model_config.compute_settings(mcfg))
-  return model
+  return saved_model.load_for_recipe(config.checkpoint, mcfg, rope_cfg, shardings)[0]
 
 
 class Window:
@@ -128,7 +127,7 @@ class Job:
   """What the loop works with, built by `prepare`."""
   config: object
   tcfg: TrainConfig
-  dcfg: simple.DataConfig
+  dcfg: data_config.DataConfig
   ocfg: optimizer.OptimConfig
   mcfg: model_config.ModelConfig
   tok: object
@@ -187,7 +186,7 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
   mcfg = model_config.from_config(config)
   tcfg = from_section(TrainConfig, config.train, 'config.train')
   ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
-  dcfg = from_section(simple.DataConfig, config.data, 'config.data')
+  dcfg = from_section(data_config.DataConfig, config.data, 'config.data')
   mesh_cfg = sharding.from_config(config)
   if tcfg.init == 'checkpoint' and not config.checkpoint:
     raise ConfigError("config.train.init='checkpoint' needs config.checkpoint, the model folder "
@@ -204,7 +203,7 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
   if mesh.size == 1:
     check_fits_one_device(mcfg)
   rules = mesh_cfg.rules
-  batch_sh = train_step.batch_sharding(mesh, (dcfg.batch_size, dcfg.seq_len), rules)
+  batch_sh = train_state.batch_sharding(mesh, (dcfg.batch_size, dcfg.seq_len), rules)
   index, count = global_batch.data_shard(mesh, batch_sh.spec)
 
   def open_data(held_out=False):
@@ -219,20 +218,20 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
 
   tx = optimizer.adamw(ocfg)
   if config.checkpoint:
-    model = initial_model(config, mcfg, lambda cfg: train_step.state_shardings(
+    model = initial_model(config, mcfg, lambda cfg: train_state.state_shardings(
         cfg, tx, mesh, rules)[0])
     mcfg = model.cfg
-    param_sh, opt_sh = train_step.state_shardings(mcfg, tx, mesh, rules)
+    param_sh, opt_sh = train_state.state_shardings(mcfg, tx, mesh, rules)
     graphdef, params = nnx.split(model, nnx.Param)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   else:
-    param_sh, opt_sh = train_step.state_shardings(mcfg, tx, mesh, rules)
-    graphdef, params, opt_state = train_step.init_sharded(mcfg, tx, mesh, rules, config.seed)
+    param_sh, opt_sh = train_state.state_shardings(mcfg, tx, mesh, rules)
+    graphdef, params, opt_state = train_state.init_sharded(mcfg, tx, mesh, rules, config.seed)
   sft = tcfg.objective == 'sft'
-  step_fn = train_step.sharded_update(
+  step_fn = train_state.sharded_update(
       graphdef, tx, mesh, param_sh, opt_sh, batch_sh, rules, mask_id=mcfg.mask_token_id,
       eps=tcfg.mask_eps, sft=sft, step_cfg=step_cfg, skip_nonfinite=tcfg.on_nan == 'skip')
-  eval_fn = train_step.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
+  eval_fn = train_state.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
                                     mask_id=mcfg.mask_token_id, eps=tcfg.mask_eps, sft=sft)
   job = Job(config, tcfg, dcfg, ocfg, mcfg, tok, tok_cfg, meta, mesh, batch_sh, data, eval_data,
             graphdef, params, opt_state, step_fn, eval_fn, ckpts=None)

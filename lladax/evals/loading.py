@@ -1,0 +1,111 @@
+"""Loading what an evaluation job runs: the checkpoint under the recipe (RoPE rule and compute
+settings), its tokenizer, its placement on a mesh, or the job's oracle instead; and `info`, what
+every results file records about the model and the protocol."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import logging
+import os
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from lladax import model_config, saved_model
+from lladax.config import ConfigError, from_section
+from lladax.data import tokenizers
+from lladax.evals import protocols
+from lladax.evals.eval_settings import EvalConfig
+from lladax.evals.model_calls import LLADAX_GENERATION, Generator, ModelGenerator
+
+
+def load_tokenizer(config, meta: dict | None) -> tokenizers.Tokenizer:
+  tcfg = from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer')
+  return tokenizers.load(tcfg, meta)
+
+
+def load(config, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
+  """(model, tokenizer, info) for `config.checkpoint` with `config.rope`'s rule applied to the
+  checkpoint's own base; `info` is what every results file records about the model.
+  oracle: whether the job has an oracle to offer instead when the checkpoint is missing."""
+  if not config.get('checkpoint'):
+    instead = (', or --config.eval.oracle=True to check the pipeline without a model'
+               if oracle else '')
+    raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR (a model folder '
+                      f'from the train or convert job){instead}.')
+  rope_cfg = from_section(model_config.RopeConfig, config.get('rope'), 'config.rope')
+  recipe = (from_section(model_config.ModelConfig, config.model, 'config.model')
+            if config.get('model') else None)
+  model, meta, saved = saved_model.load_for_recipe(config.checkpoint, recipe, rope_cfg)
+  tok = load_tokenizer(config, meta)
+  cfg = model.cfg
+  info = {
+      'checkpoint': os.path.abspath(config.checkpoint),
+      'rope': {'rule': rope_cfg.rule, 'target_length': rope_cfg.target_length,
+               'checkpoint_base': saved.rope_theta, 'base': cfg.rope_theta,
+               'scale': cfg.rope_theta / saved.rope_theta,
+               'position_scale': cfg.rope_position_scale},
+      'model': {'params': cfg.num_params(), 'trained_length': cfg.max_sequence_length,
+                'dtype': cfg.dtype, 'param_dtype': cfg.param_dtype,
+                'attention_kernel': cfg.attention_kernel},
+      'tokenizer': meta.get('tokenizer'),
+  }
+  logging.info('loaded %s (%s parameters), RoPE base %.6g (%s), attention %s',
+               info['checkpoint'], f'{cfg.num_params():,}', cfg.rope_theta, rope_cfg.rule,
+               cfg.attention_kernel)
+  return model, tok, info
+
+
+def oracle_info(config) -> dict:
+  return {'checkpoint': 'oracle', 'rope': None, 'model': None,
+          'tokenizer': dict(config.tokenizer)}
+
+
+def mesh_hook(name: str) -> Callable:
+  module, _, fn = name.partition(':')
+  try:
+    return getattr(importlib.import_module(module), fn)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f'config.eval.mesh_hook={name!r} cannot be imported ({e}); name an '
+                      'importable "module:function".') from None
+
+
+def place(model, config, ecfg: EvalConfig):
+  """(model, put, context): on one device put is jnp.asarray and context does nothing; a mesh
+  hook shards the model and the batches and may name a context for the calls."""
+  if not ecfg.mesh_hook:
+    return model, jnp.asarray, contextlib.nullcontext
+  placed = tuple(mesh_hook(ecfg.mesh_hook)(model, config))
+  return placed if len(placed) == 3 else (*placed, contextlib.nullcontext)
+
+
+def model_generator(config, ecfg: EvalConfig,
+                    generation: protocols.Generation = LLADAX_GENERATION):
+  """(generator, tokenizer, info) for the checkpoint the recipe names."""
+  model, tok, info = load(config)
+  model, put, context = place(model, config, ecfg)
+  return ModelGenerator(model, tok, ecfg.batch_size, ecfg.pad_multiple, put, context,
+                        generation), tok, info
+
+
+def setup(config, ecfg: EvalConfig, generator: Generator | None = None,
+          oracle: Callable[[], Generator] | None = None, protocol: str = 'lladax'):
+  """(generator, model tokenizer, info): the checkpoint's model, or `generator` if one is passed,
+  or the job's oracle with config.eval.oracle (then the tokenizer comes from config.tokenizer).
+  `info` records the protocol, its generation settings and the recipe's deviations from them."""
+  generation, deviations = protocols.generation(protocol, ecfg, config.get('model'))
+  record = {'protocol': protocol, 'generation': dataclasses.asdict(generation),
+            'deviations': deviations}
+  if deviations:
+    logging.warning('protocol %s, with deviations: %s', protocol, '; '.join(deviations))
+  if generator is None and ecfg.oracle and oracle is not None:
+    generator = oracle()
+  if generator is None:
+    generator, tok, info = model_generator(config, ecfg, generation)
+    return generator, tok, dict(info, **record)
+  meta = saved_model.read_config(config.checkpoint)[1] if config.get('checkpoint') else None
+  info = (oracle_info(config) if ecfg.oracle else
+          {'checkpoint': config.get('checkpoint') or 'custom generator', 'rope': None,
+           'model': None})
+  return generator, load_tokenizer(config, meta), dict(info, **record)
