@@ -8,9 +8,43 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import numbers
 import typing
 from typing import Any, Mapping
+
+# Every recipe section: name -> 'module:Class' of the dataclass that reads it (imported when asked
+# for, so that this module, which everything imports, imports nothing of lladax). presets builds
+# recipes from it and jobs.check_sections checks a recipe against it at start-up.
+SECTIONS = {
+    'model': 'lladax.model_config:ModelConfig',
+    'rope': 'lladax.model_config:RopeConfig',
+    'tokenizer': 'lladax.data.tokenizers:TokenizerConfig',
+    'data': 'lladax.data.config:DataConfig',
+    'pipeline': 'lladax.data.pipeline:PipelineConfig',
+    'eval_pipeline': 'lladax.data.pipeline:PipelineConfig',   # held-out batches for validation
+    'optim': 'lladax.train.optimizer:OptimConfig',
+    'train': 'lladax.train.job:TrainConfig',
+    'step': 'lladax.train.step:StepConfig',
+    'mesh': 'lladax.sharding:MeshConfig',
+    'sample': 'lladax.sampler:SamplerConfig',
+    'plan': 'lladax.plan:PlanConfig',
+    'replay': 'lladax.replay.settings:ReplayConfig',
+    'eval': 'lladax.evals.eval_settings:EvalConfig',
+    'niah': 'lladax.evals.niah:NiahConfig',
+    'ruler': 'lladax.evals.ruler:RulerConfig',
+    'ppl': 'lladax.evals.perplexity:PplConfig',
+    'longbench': 'lladax.evals.longbench:LongBenchConfig',
+    'convert': 'lladax.hf.convert:ConvertConfig',
+    'export': 'lladax.hf.export:ExportConfig',
+}
+# Sections whose meaning depends on the job.
+JOB_SECTIONS = {
+    'attention_bench': {'bench': 'lladax.attention.bench:BenchConfig'},
+    'data_bench': {'bench': 'lladax.data.bench:BenchConfig'},
+}
+# Keys of a section that are a job's input rather than settings of its dataclass.
+SECTION_INPUTS = {'sample': ('prompt',)}
 
 
 class ConfigError(ValueError):
@@ -111,6 +145,30 @@ def from_section(cls, section: Any, where: str):
     return cls(**kwargs)
   except TypeError as e:
     raise ConfigError(f'{where} is incomplete: {e}') from None
+
+
+def section_class(name: str, job: str | None = None):
+  """The dataclass that reads recipe section `name` (for `job`), or None for no known section."""
+  path = JOB_SECTIONS.get(job, {}).get(name) or SECTIONS.get(name)
+  if path is None:
+    return None
+  module, cls = path.split(':')
+  return getattr(importlib.import_module(module), cls)
+
+
+def section_hint(name: str, job: str | None = None) -> str:
+  """What a recipe passes to presets.section to add section `name` ('sharding.MeshConfig', with
+  `from lladax import sharding`)."""
+  path = JOB_SECTIONS.get(job, {}).get(name) or SECTIONS[name]
+  return path.replace(':', '.').removeprefix('lladax.')
+
+
+def typed_section(config, name: str):
+  """Recipe section `name` of `config` as its dataclass (defaults when the recipe lacks it)."""
+  cls = section_class(name, config.get('job'))
+  inputs = SECTION_INPUTS.get(name, ())
+  section = {k: v for k, v in _plain(config.get(name)).items() if k not in inputs}
+  return from_section(cls, section, f'config.{name}')
 
 
 def choice(value: str, options, where: str) -> str:

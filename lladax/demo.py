@@ -8,8 +8,8 @@ import jax
 import numpy as np
 
 from lladax import sampler
-from lladax.train import job as train
 from lladax.data import retrieval
+from lladax.train import job as train
 
 
 def evaluate(model, tok, scfg, n_pairs: int, needle: str, n: int, seed: int) -> dict:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from lladax import flops, model_config, rope
-from lladax.config import from_section
+from lladax.config import typed_section
 
 TARGETS = (8192, 16384, 32768, 65536, 131072)
 
@@ -26,9 +26,9 @@ def rope_table(cfg: model_config.ModelConfig, trained_base: float) -> list[str]:
 
 
 def run(config) -> dict:
-  raw = from_section(model_config.ModelConfig, config.model, 'config.model')
+  raw = typed_section(config, 'model')
   cfg = model_config.from_config(config)
-  rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
+  rope_cfg = typed_section(config, 'rope')
   seq = config.data.seq_len if 'data' in config else cfg.max_sequence_length
   fwd = flops.forward_per_token(cfg, seq)
   lines = [

@@ -5,8 +5,8 @@ import logging
 
 import jax
 
-from lladax import model_config, sampler, saved_model
-from lladax.config import ConfigError, from_section
+from lladax import sampler, saved_model
+from lladax.config import ConfigError, typed_section
 from lladax.data import tokenizers
 
 
@@ -15,12 +15,12 @@ def run(config) -> str:
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, a model folder '
                       'written by the train job (<workdir>/model) or the convert job.')
   scfg = sampler.from_config(config)
-  rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
-  recipe = from_section(model_config.ModelConfig, config.model, 'config.model')
+  rope_cfg = typed_section(config, 'rope')
+  recipe = typed_section(config, 'model')
   model, meta, _ = saved_model.load_for_recipe(config.checkpoint, recipe, rope_cfg)
   cfg = model.cfg
   tok = tokenizers.load(
-      from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer'), meta)
+      typed_section(config, 'tokenizer'), meta)
   ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(
       config.sample.prompt)
   tokens, mask = sampler.left_pad([ids], cfg.pad_token_id)

@@ -1,12 +1,13 @@
-"""Job name -> the function that runs it; every known recipe section, the training length
-against the mesh and the workdir are checked before any runs."""
+"""Job name -> the function that runs it; every recipe section (config.SECTIONS), the training
+length against the mesh and the workdir are checked before any runs."""
 from __future__ import annotations
 
 import importlib
 import os
 import tempfile
 
-from lladax.config import ConfigError, from_section
+from lladax import config as config_lib
+from lladax.config import ConfigError, typed_section
 
 JOBS = {
     'describe': 'lladax.describe:run',
@@ -33,36 +34,19 @@ WRITES_WORKDIR = ('train', 'demo', 'data_bench', 'plan', 'attention_bench', 'eva
 TRAINS_HERE = ('train', 'demo')
 
 
-def sections() -> dict:
-  """Recipe section name -> the dataclass that reads it."""
-  # pylint: disable=import-outside-toplevel
-  from lladax import model_config, plan, sharding
-  from lladax.train import optimizer
-  from lladax.train import job as train
-  from lladax.train import step as train_step
-  from lladax.data import config as data_config, tokenizers
-  from lladax.replay import settings as replay
-  return {'model': model_config.ModelConfig, 'rope': model_config.RopeConfig,
-          'tokenizer': tokenizers.TokenizerConfig, 'data': data_config.DataConfig,
-          'optim': optimizer.OptimConfig, 'train': train.TrainConfig,
-          'mesh': sharding.MeshConfig, 'step': train_step.StepConfig,
-          'plan': plan.PlanConfig, 'replay': replay.ReplayConfig}
-
-
 def section_hints() -> dict[str, str]:
-  """Section name -> what a recipe passes to presets.section to add it ('sharding.MeshConfig')."""
-  return {name: f'{cls.__module__.rsplit(".", 1)[-1]}.{cls.__name__}'
-          for name, cls in sections().items()}
+  """Section name -> what a recipe passes to presets.section to add it."""
+  return {name: config_lib.section_hint(name) for name in config_lib.SECTIONS}
 
 
 def check_sections(config) -> None:
-  """Builds every section's dataclass so a bad setting fails at start-up, whichever job runs."""
-  from lladax import sampler  # pylint: disable=import-outside-toplevel
-  for name, cls in sections().items():
-    if name in config:
-      from_section(cls, config[name], f'config.{name}')
-  if 'sample' in config:
-    sampler.from_config(config)
+  """Builds the dataclass of every section the recipe holds (config.SECTIONS) so that a bad
+  setting fails at start-up, whichever job runs. Other top-level entries are left alone: a mesh
+  hook may read a section of its own."""
+  job = config.get('job')
+  for name in config.keys():
+    if config_lib.section_class(name, job) is not None:
+      config_lib.typed_section(config, name)
 
 
 def check_sequence_split(config, devices=None) -> None:
@@ -70,10 +54,9 @@ def check_sequence_split(config, devices=None) -> None:
   traceback; say so before anything is built. `devices`: the mesh's (default: all)."""
   # pylint: disable=import-outside-toplevel
   from lladax import sharding
-  from lladax.data import config as data_config
   if config.get('job') not in TRAINS_HERE or 'mesh' not in config:
     return
-  seq_len = from_section(data_config.DataConfig, config.data, 'config.data').seq_len
+  seq_len = typed_section(config, 'data').seq_len
   sharding.check_sequence_split(sharding.from_config(config), seq_len, 'config.data.seq_len',
                                 devices)
 

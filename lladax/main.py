@@ -13,8 +13,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lladax import jobs, sharding
-from lladax.train import checkpoints as train_checkpoint
 from lladax.config import ConfigError, check_override
+from lladax.train import checkpoints as train_checkpoint
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe file from configs/.')
 

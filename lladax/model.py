@@ -19,9 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from lladax import remat
-from lladax import sharding
-from lladax import rope as rope_lib
+from lladax import remat, rope as rope_lib, sharding
 from lladax.attention import attention
 from lladax.model_config import DTYPES, ModelConfig
 

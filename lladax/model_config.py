@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from lladax import rope as rope_lib
 from lladax.attention import KERNELS, check_options
-from lladax.config import ConfigError, check_types, choice, from_section
+from lladax.config import ConfigError, check_types, choice, typed_section
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 REMAT_POLICIES = ('none', 'full', 'minimal', 'save_qkv_proj', 'save_qkv_context')
@@ -165,6 +165,6 @@ def compute_overrides(recipe: ModelConfig, saved: ModelConfig) -> dict:
 
 def from_config(config) -> ModelConfig:
   """The network config for a recipe: `config.model` with `config.rope`'s rule applied."""
-  model = from_section(ModelConfig, config.model, 'config.model')
-  rope = from_section(RopeConfig, config.get('rope'), 'config.rope')
+  model = typed_section(config, 'model')
+  rope = typed_section(config, 'rope')
   return resolve_rope(model, rope)

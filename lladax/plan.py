@@ -28,12 +28,8 @@ import time
 import jax
 
 from lladax import files, flops, model_config, sharding, tpu_chips
-from lladax.train import optimizer
-from lladax.train import job as train
-from lladax.train import step as train_step
-from lladax.train import state as train_state
-from lladax.config import ConfigError, from_section
-from lladax.data import config as data_config
+from lladax.config import ConfigError, typed_section
+from lladax.train import optimizer, state as train_state, step as train_step
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 MESH_FIELDS = tuple(f.name for f in dataclasses.fields(sharding.MeshConfig) if f.name != 'rules')
@@ -343,12 +339,12 @@ def run(config) -> dict:
 
   Raises ConfigError naming the knobs to turn when no candidate fits.
   """
-  pcfg = from_section(PlanConfig, config.get('plan'), 'config.plan')
+  pcfg = typed_section(config, 'plan')
   mcfg = model_config.from_config(config)
   base_mesh = sharding.from_config(config)
-  dcfg = from_section(data_config.DataConfig, config.data, 'config.data')
-  tcfg = from_section(train.TrainConfig, config.train, 'config.train')
-  ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
+  dcfg = typed_section(config, 'data')
+  tcfg = typed_section(config, 'train')
+  ocfg = typed_section(config, 'optim')
   step_cfg = train_step.from_config(config)
   meshes = [parse_mesh(m, base_mesh) for m in pcfg.meshes] or [base_mesh]
   microbatches = list(pcfg.microbatches) or [step_cfg.microbatches]

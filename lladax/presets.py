@@ -10,9 +10,9 @@ from ml_collections import config_dict
 
 from lladax.data import config as data_config, tokenizers
 from lladax.model_config import ModelConfig, RopeConfig
-from lladax.train.optimizer import OptimConfig
 from lladax.sampler import SamplerConfig
 from lladax.train.job import TrainConfig
+from lladax.train.optimizer import OptimConfig
 
 
 def _field_type(annotation):

@@ -1,4 +1,5 @@
-"""LLaDA's sampler (generate.py): semi-autoregressive blocks of masked tokens, unmasked by confidence.
+"""The sampler of LLaDA's own generate.py (lladax/generate.py is the job that calls it):
+semi-autoregressive blocks of masked tokens, unmasked by confidence.
 
 The sequence is prompt + gen_length mask tokens. Blocks of block_length are decoded left to
 right, each over steps / num_blocks steps, k tokens per step: the block's masks split evenly over
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 
 REMASKING = ('low_confidence', 'random')
 MASK_PREDICTION = ('ban', 'allow')
@@ -94,8 +95,7 @@ class SamplerConfig:
 
 def from_config(config) -> SamplerConfig:
   """`config.sample` minus its `prompt` (job input, not a sampler setting)."""
-  section = {k: v for k, v in config.sample.items() if k != 'prompt'}
-  return from_section(SamplerConfig, section, 'config.sample')
+  return typed_section(config, 'sample')
 
 
 def transfer_schedule(block_length: int, steps_per_block: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from lladax.config import ConfigError, from_section
+from lladax.config import ConfigError, typed_section
 
 AXES = ('data', 'fsdp', 'context', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
@@ -281,7 +281,7 @@ def multihost_init(coordinator_address: str | None = None, num_processes: int | 
 
 
 def from_config(config) -> MeshConfig:
-  return from_section(MeshConfig, config.get('mesh'), 'config.mesh')
+  return typed_section(config, 'mesh')
 
 
 @dataclasses.dataclass(frozen=True)

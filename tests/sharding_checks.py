@@ -21,12 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
 from helpers import tiny_config
+
 from lladax import attention, diffusion, model as model_lib, sharding
-from lladax.train import step as train_step
-from lladax.train import state as train_state
 from lladax.config import ConfigError
+from lladax.train import state as train_state, step as train_step
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 

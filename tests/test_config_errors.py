@@ -7,15 +7,15 @@ import os
 import subprocess
 import sys
 
+import helpers
 import ml_collections
 import pytest
-
-import helpers
 from helpers import repo_module, run_lladax, tiny_config
+
 from lladax import config as config_lib, jobs, main, sharding
-from lladax.hf import params as hf_params
 from lladax.config import ConfigError
 from lladax.evals import perplexity
+from lladax.hf import params as hf_params
 from lladax.model_config import ModelConfig, RopeConfig
 from lladax.train.optimizer import OptimConfig
 

@@ -12,14 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 import torch_llada as tl
-from lladax import jobs, saved_model
-from lladax.hf import convert
-from lladax.hf import export
-from lladax.config import ConfigError
+from safetensors.torch import load_file, save_file
 from test_tokenizers import BOS, EOT, write_tokenizer
+
+from lladax import jobs, saved_model
+from lladax.config import ConfigError
+from lladax.hf import convert, export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,8 +2,8 @@
 import dataclasses
 
 import pytest
-
 from helpers import repo_module
+
 from lladax import model as model_lib, presets, saved_model
 from lladax.config import from_section
 from lladax.model_config import ModelConfig

@@ -11,8 +11,8 @@ import types
 import warnings
 
 import pytest
-
 from golden import longbench_inputs as inputs, record
+
 from lladax import jobs, sampler
 from lladax.config import ConfigError
 from lladax.data import tokenizers

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 from lladax import jobs
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import haystack, niah
-from helpers import ROOT
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
 BYTES = tokenizers.ByteTokenizer()

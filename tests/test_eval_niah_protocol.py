@@ -8,12 +8,12 @@ import json
 import random
 
 import pytest
+from golden import niah_inputs, record
 
 from lladax import jobs
 from lladax.config import ConfigError
 from lladax.data import tokenizers
 from lladax.evals import model_calls, niah, oracles
-from golden import niah_inputs, record
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
 
 pytest.importorskip('tiktoken')

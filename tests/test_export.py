@@ -8,16 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch_llada as tl
 from flax import nnx
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-import torch_llada as tl
-from lladax import jobs, saved_model
-from lladax.hf import convert
-from lladax.hf import export
-from lladax.config import ConfigError
 from test_convert import _config, ids_of, lladax_logits, make_hf, torch_logits
+
+from lladax import jobs, saved_model
+from lladax.config import ConfigError
+from lladax.hf import convert, export
 
 
 def hf_state(directory):

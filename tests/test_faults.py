@@ -23,14 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__':
   sys.path.insert(0, ROOT)
 
-from lladax import saved_model  # noqa: E402
-from lladax.train import job as train  # noqa: E402
-from lladax.train import checkpoints as train_checkpoint  # noqa: E402
-from lladax.train import batches as train_data  # noqa: E402
-from lladax.train import step as train_step  # noqa: E402
-from lladax.train import state as train_state  # noqa: E402
-from lladax.config import ConfigError  # noqa: E402
 from test_train_resume import losses, recipe  # noqa: E402
+
+from lladax import saved_model  # noqa: E402
+from lladax.config import ConfigError  # noqa: E402
+from lladax.train import (batches as train_data, checkpoints as train_checkpoint,  # noqa: E402
+                          job as train, state as train_state, step as train_step)
 
 STEPS = 6
 CACHE_SETTINGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
@@ -91,8 +89,8 @@ def full(tmp_path_factory):
 
 def child(workdir: str, steps: int, fault: str) -> None:
   """Trains, killing itself (SIGKILL, nothing runs after) at the fault named."""
-  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
   die = lambda: os.kill(os.getpid(), signal.SIGKILL)
   if fault == 'checkpoint_write':
     finalize = atomicity.AtomicRenameTemporaryPath.finalize

@@ -8,12 +8,11 @@ import re
 import shutil
 
 import pytest
+from test_convert import _edit_tensors, make_hf
 
 from lladax import saved_model
-from lladax.hf import convert
-from lladax.hf import export
 from lladax.config import ConfigError
-from test_convert import _edit_tensors, make_hf
+from lladax.hf import convert, export
 
 SHARD = 'model-00001-of-00002.safetensors'
 

@@ -2,13 +2,12 @@
 import json
 
 import pytest
-
 from helpers import repo_module
+
 from lladax import flops, model_config, plan, sharding, tpu_chips
-from lladax.train import step as train_step
 from lladax.config import ConfigError
 from lladax.model_config import ModelConfig
-
+from lladax.train import step as train_step
 
 needs_libtpu = pytest.mark.skipif(
     not tpu_chips.libtpu_available(),

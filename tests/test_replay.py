@@ -5,8 +5,8 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import repo_module, run_lladax
+
 from lladax import rope
 from lladax.config import ConfigError
 from lladax.data import tokenizers
@@ -220,6 +220,7 @@ def test_the_niah_value_is_decoded_with_room_for_its_period_and_eos():
   replay's NIAH settings that slot is not the value's, so such a network still scores."""
   import jax
   import jax.numpy as jnp
+
   from lladax import sampler
   from lladax.evals import metrics
   grid = stages.niah_grid(ReplayConfig(value_digits=1), {'haystack': 'h', 'needles': 'n'})

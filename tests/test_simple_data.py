@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from lladax.train import step as train_step
 from lladax.config import ConfigError
 from lladax.data import config as data_config, retrieval, simple, tokenizers
+from lladax.train import step as train_step
 
 
 def test_needle_records_hide_the_key_once_at_varying_depths():

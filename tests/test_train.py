@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import repo_module
+
 from lladax import demo, presets, saved_model
-from lladax.train import job as train
 from lladax.config import ConfigError
+from lladax.train import job as train
 
 
 def recipe(name):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lladax.config import ConfigError
-from lladax.train.metrics import MetricsWriter
 from lladax.train import checkpoints as train_checkpoint
 from lladax.train.checkpoints import CheckpointConfig, Preemption, TrainCheckpoints
+from lladax.train.metrics import MetricsWriter
 
 META = {'model': {'d_model': 8}, 'data': 'retrieval'}
 

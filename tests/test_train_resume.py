@@ -36,8 +36,23 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
   assert [json.loads(l)['step'] for l in lines] == [1, 2, 3, 4, 5, 6]
 
 
+def test_synchronous_checkpoints_give_the_same_losses(tmp_path, monkeypatch):
+  from lladax.train import \
+      checkpoints as train_checkpoint  # pylint: disable=import-outside-toplevel
+  made = []
+  opened = train_checkpoint.TrainCheckpoints.__init__
+  monkeypatch.setattr(train_checkpoint.TrainCheckpoints, '__init__',
+                      lambda self, d, cfg, meta: made.append(cfg) or opened(self, d, cfg, meta))
+  c = recipe(tmp_path / 'sync', 3)
+  c.train.async_checkpoints = False
+  first = losses(train.run(c))
+  again = losses(train.run(recipe(tmp_path / 'async', 3)))
+  assert [cfg.async_save for cfg in made] == [False, True] and first == again
+
+
 def test_a_preempted_run_says_so_saves_no_model_and_resumes(tmp_path, monkeypatch):
-  from lladax.train import checkpoints as train_checkpoint  # pylint: disable=import-outside-toplevel
+  from lladax.train import \
+      checkpoints as train_checkpoint  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(train_checkpoint.Preemption, 'reached', lambda self, step: step == 2)
   stopped = train.run(recipe(tmp_path, 4))
   assert stopped['stopped_early'] and stopped['model_dir'] is None

@@ -7,13 +7,12 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import tiny_config
 from jax.sharding import PartitionSpec as P
 
-from helpers import tiny_config
 from lladax import diffusion, model as model_lib, sharding
-from lladax.train import step as train_step
-from lladax.train import state as train_state
 from lladax.config import ConfigError
+from lladax.train import state as train_state, step as train_step
 
 MASK_ID = 66
 

@@ -26,10 +26,9 @@ import numpy as np
 from flax import nnx
 
 from lladax import diffusion, saved_model
-from lladax.train import optimizer
-from lladax.train import step as train_step
 from lladax.data import config as data_config, simple, tokenizers
 from lladax.replay import corpus, probe
+from lladax.train import optimizer, step as train_step
 
 TOK = tokenizers.ByteTokenizer()
 HELD_OUT = 64

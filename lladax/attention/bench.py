@@ -27,7 +27,7 @@ import numpy as np
 
 from lladax import files
 from lladax.attention import KERNELS, attention
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CONTEXT_KERNELS = ('ring', 'all_gather')   # only differ from blockwise/splash on a context mesh
@@ -180,7 +180,7 @@ def _gib(x) -> str:
 
 def run(config) -> list[dict]:
   platform = jax.default_backend()
-  b = resolve(from_section(BenchConfig, config.bench, 'config.bench'), platform)
+  b = resolve(typed_section(config, 'bench'), platform)
   for kernel in b.kernels:
     choice(kernel, tuple(KERNELS), 'config.bench.kernels[]')
   choice(b.dtype, DTYPES, 'config.bench.dtype')

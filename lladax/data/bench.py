@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from lladax import files, flops as flops_lib
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 from lladax.data import pipeline, sources, tokenizers
 from lladax.model_config import ModelConfig
 
@@ -108,8 +108,8 @@ def measure(cfg: pipeline.PipelineConfig, tok, ids: dict, seconds: float) -> dic
 
 
 def run(config) -> list[dict]:
-  pcfg = from_section(pipeline.PipelineConfig, config.pipeline, 'config.pipeline')
-  b = from_section(BenchConfig, config.bench, 'config.bench')
+  pcfg = typed_section(config, 'pipeline')
+  b = typed_section(config, 'bench')
   for kind in b.tokenizers:
     choice(kind, KINDS, 'config.bench.tokenizers[]')
   print(f'data_bench: {b.chips // b.chips_per_host} hosts x {b.chips_per_host} chips at '

@@ -18,8 +18,9 @@ from typing import Iterator
 import numpy as np
 
 from lladax.config import ConfigError
-from lladax.data.config import DataConfig
 from lladax.data import retrieval, sources
+from lladax.data.config import DataConfig
+
 
 def expand_path(pattern: str) -> str:
   return pattern.replace('{stdlib}', sysconfig.get_paths()['stdlib'])

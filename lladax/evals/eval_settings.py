@@ -7,7 +7,7 @@ import logging
 from typing import Sequence
 
 from lladax import sampler
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 from lladax.evals import protocols
 
 
@@ -45,7 +45,7 @@ class EvalConfig:
 
 
 def eval_config(config) -> EvalConfig:
-  return from_section(EvalConfig, config.get('eval'), 'config.eval')
+  return typed_section(config, 'eval')
 
 
 def sampler_settings(config, generation: protocols.Generation | None = None,

@@ -67,8 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lladax import saved_model
-from lladax import diffusion, sampler
+from lladax import diffusion, sampler, saved_model
 from lladax.config import ConfigError, choice
 from lladax.data import tokenizers
 from lladax.evals import eval_settings, model_calls, protocols
@@ -326,8 +325,8 @@ class LladaxLM:
 def harness_class():
   """LladaxLM as an `lm_eval.api.model.LM` subclass, registered under the name 'lladax'."""
   try:
-    from lm_eval.api import model as lm_model  # pylint: disable=import-outside-toplevel
     from lm_eval.api import registry  # pylint: disable=import-outside-toplevel
+    from lm_eval.api import model as lm_model  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ConfigError('the lm-eval adapter needs lm-evaluation-harness; pip install lm-eval.'
                       ) from None

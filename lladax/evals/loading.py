@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from lladax import model_config, saved_model
-from lladax.config import ConfigError, from_section
+from lladax import saved_model
+from lladax.config import ConfigError, typed_section
 from lladax.data import tokenizers
 from lladax.evals import protocols
 from lladax.evals.eval_settings import EvalConfig
@@ -21,7 +21,7 @@ from lladax.evals.model_calls import LLADAX_GENERATION, Generator, ModelGenerato
 
 
 def load_tokenizer(config, meta: dict | None) -> tokenizers.Tokenizer:
-  tcfg = from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer')
+  tcfg = typed_section(config, 'tokenizer')
   return tokenizers.load(tcfg, meta)
 
 
@@ -34,8 +34,8 @@ def load(config, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
                if oracle else '')
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR (a model folder '
                       f'from the train or convert job){instead}.')
-  rope_cfg = from_section(model_config.RopeConfig, config.get('rope'), 'config.rope')
-  recipe = (from_section(model_config.ModelConfig, config.model, 'config.model')
+  rope_cfg = typed_section(config, 'rope')
+  recipe = (typed_section(config, 'model')
             if config.get('model') else None)
   model, meta, saved = saved_model.load_for_recipe(config.checkpoint, recipe, rope_cfg)
   tok = load_tokenizer(config, meta)

@@ -44,7 +44,7 @@ import re
 from typing import Callable
 
 from lladax import sampler
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 from lladax.data import tokenizers
 from lladax.evals import eval_settings, loading, metrics, model_calls, oracles, protocols, results
 
@@ -556,7 +556,7 @@ def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_longbench job; `generator` replaces the model (tests). With config.eval.oracle
   every prompt is answered with its first gold answer, which scores 100 on every metric where
   the metric gives its own reference full marks."""
-  cfg = from_section(LongBenchConfig, config.get('longbench'), 'config.longbench')
+  cfg = typed_section(config, 'longbench')
   ecfg = eval_settings.eval_config(config)
   paths = results.output_paths(config, ecfg, 'longbench')
   inputs = read_inputs(cfg)

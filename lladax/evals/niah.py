@@ -38,8 +38,9 @@ import re
 
 import numpy as np
 
-from lladax.config import ConfigError, choice, from_section
-from lladax.evals import eval_settings, haystack, loading, metrics, model_calls, oracles, plots, protocols, results
+from lladax.config import ConfigError, choice, typed_section
+from lladax.evals import (eval_settings, haystack, loading, metrics, model_calls, oracles, plots,
+                          protocols, results)
 
 GRIDS = {
     # LongLLaDA Fig. 2/6: 2K-32K, depths 0-100 step 10, 10 repeats, gen 32, block 32, steps 32.
@@ -583,7 +584,7 @@ def _paper_job(config, cfg: NiahConfig, ecfg, generator):
 
 def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_niah job; `generator` replaces the model (tests, oracles)."""
-  cfg = from_section(NiahConfig, config.get('niah'), 'config.niah')
+  cfg = typed_section(config, 'niah')
   ecfg = eval_settings.eval_config(config)
   paths = results.output_paths(config, ecfg, 'niah')
   job = _paper_job if cfg.paper else _lladax_job

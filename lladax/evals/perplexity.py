@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax import diffusion
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 from lladax.evals import eval_settings, haystack, loading, model_calls, plots, results
 
 ESTIMATORS = ('longllada', 'llada')
@@ -140,7 +140,7 @@ def load_tokens(cfg: PplConfig, tok, bos_id) -> np.ndarray:
 
 def run(config, scorer: model_calls.ModelScorer | None = None, tok=None) -> dict:
   """The eval_ppl job; `scorer` and `tok` replace the checkpoint's (tests)."""
-  cfg = from_section(PplConfig, config.get('ppl'), 'config.ppl')
+  cfg = typed_section(config, 'ppl')
   ecfg = eval_settings.eval_config(config)
   if ecfg.oracle:
     raise ConfigError('config.eval.oracle=True does not apply to eval_ppl, which has no oracle '

@@ -26,9 +26,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from lladax.config import ConfigError, choice, from_section
-from lladax.evals import eval_settings, haystack, loading, metrics, model_calls, oracles, plots, protocols, results, ruler_tasks
-from lladax.evals import ruler_opencompass as oc
+from lladax.config import ConfigError, choice, typed_section
+from lladax.evals import (eval_settings, haystack, loading, metrics, model_calls, oracles, plots,
+                          protocols, results, ruler_opencompass as oc, ruler_tasks)
 
 SCORERS = {'all': metrics.string_match_all, 'part': metrics.string_match_part}
 # Context lengths of each protocol's grid (OpenCompass' ruler_<k>k_gen.py: 1024 * k tokens).
@@ -421,7 +421,7 @@ def finish(paths: dict, result: dict, info: dict) -> dict:
 
 def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_ruler job; `generator` replaces the model (tests, oracles)."""
-  cfg = from_section(RulerConfig, config.get('ruler'), 'config.ruler')
+  cfg = typed_section(config, 'ruler')
   if cfg.protocol == 'lladax':
     return run_lladax(config, cfg, generator)
   return run_paper(config, cfg, generator)

@@ -26,9 +26,9 @@ import numpy as np
 import safetensors
 
 from lladax import model as model_lib, saved_model
-from lladax.hf import params as hf_params
-from lladax.config import ConfigError, from_section
+from lladax.config import ConfigError, typed_section
 from lladax.data import tokenizers
+from lladax.hf import params as hf_params
 from lladax.model_config import DTYPES
 
 
@@ -358,5 +358,5 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
 
 
 def run(config) -> str:
-  c = from_section(ConvertConfig, config.get('convert'), 'config.convert')
+  c = typed_section(config, 'convert')
   return convert(c.source, c.output, c.param_dtype, c.dtype, c.overwrite)

@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from lladax import model as model_lib, saved_model
+from lladax.config import ConfigError, typed_section
 from lladax.hf import params as hf_params
-from lladax.config import ConfigError, from_section
 from lladax.model_config import DTYPES
 
 # Files of a HF directory that are weights or are rewritten here, so copy_from skips them.
@@ -208,6 +208,6 @@ def run(config) -> str:
   if not config.get('checkpoint'):
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, the lladax model '
                       'directory to export.')
-  c = from_section(ExportConfig, config.get('export'), 'config.export')
+  c = typed_section(config, 'export')
   return export(config.checkpoint, c.output, c.dtype, c.max_shard_bytes, c.copy_from,
                 c.overwrite)

@@ -18,7 +18,7 @@ import os
 import time
 
 from lladax import jobs, saved_model
-from lladax.config import ConfigError, from_section
+from lladax.config import ConfigError, typed_section
 from lladax.data import tokenizers
 from lladax.evals import haystack, niah, results
 from lladax.replay import corpus, probe, report, stages
@@ -84,7 +84,7 @@ def _probe(rcfg: ReplayConfig, files: dict, tokenizer, model_dir: str, seed: int
 
 
 def run(config) -> dict:
-  rcfg = from_section(ReplayConfig, config.get('replay'), 'config.replay')
+  rcfg = typed_section(config, 'replay')
   if not config.get('workdir'):
     raise ConfigError('config.workdir is empty; the replay writes its data, models and results '
                       'there: pass --config.workdir=DIR.')
@@ -92,8 +92,7 @@ def run(config) -> dict:
     raise ConfigError('the replay recipe needs a config.pipeline section (its packing and fit '
                       'for pre-training); start from configs/mini/ultra.py.')
   workdir = os.path.abspath(config.workdir)
-  tok = tokenizers.load(from_section(tokenizers.TokenizerConfig, config.tokenizer,
-                                     'config.tokenizer'))
+  tok = tokenizers.load(typed_section(config, 'tokenizer'))
   start = time.perf_counter()
   files = corpus.build(rcfg, tok, os.path.join(workdir, 'data'), config.seed)
   seconds = {'data': time.perf_counter() - start}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lladax.config import ConfigError, from_section
+from lladax.config import ConfigError, typed_section
 from lladax.data import config as data_config, pipeline as pipeline_lib, simple
 
 
@@ -100,7 +100,7 @@ def open_batches(config, dcfg: data_config.DataConfig, tokenizer, mcfg, *, rows:
                         f'sources and packing); add c.{section} = presets.section('
                         'presets.pipeline_config(), sources=(...), seq_len=...) to the recipe, '
                         'or choose another config.data.source.')
-    pcfg = from_section(pipeline_lib.PipelineConfig, config.get(section), f'config.{section}')
+    pcfg = typed_section(config, section)
     if pcfg.seq_len != dcfg.seq_len:
       raise ConfigError(f'config.{section}.seq_len={pcfg.seq_len} (set in the recipe) differs '
                         f'from config.data.seq_len={dcfg.seq_len}; set them equal.')

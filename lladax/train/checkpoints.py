@@ -36,13 +36,14 @@ EXIT_STOPPED = 128 + signal.SIGTERM
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
+  """From config.train: checkpoint_every, keep_checkpoints, async_checkpoints."""
   every: int = 100          # save every N steps (and always at the end and on SIGTERM)
   keep: int = 3             # how many recent steps to keep
   async_save: bool = True   # write in the background while training continues
 
   def __post_init__(self):
     if self.every <= 0 or self.keep <= 0:
-      raise ConfigError('config.checkpoint_every and keep must be positive.')
+      raise ConfigError('config.train.checkpoint_every and keep_checkpoints must be positive.')
 
 
 class CorruptCheckpoint(Exception):

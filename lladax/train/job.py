@@ -26,14 +26,10 @@ from flax import nnx
 from tqdm import tqdm
 
 from lladax import diffusion, flops, model as model_lib, model_config, saved_model, sharding
-from lladax.train import metrics as metrics_lib
-from lladax.train import optimizer
-from lladax.train import checkpoints as train_checkpoint
-from lladax.train import batches as train_data
-from lladax.train import step as train_step
-from lladax.train import state as train_state
-from lladax.config import ConfigError, choice, from_section
+from lladax.config import ConfigError, choice, typed_section
 from lladax.data import config as data_config, global_batch, tokenizers
+from lladax.train import (batches as train_data, checkpoints as train_checkpoint,
+                          metrics as metrics_lib, optimizer, state as train_state)
 
 OBJECTIVES = ('pretrain', 'sft')
 
@@ -48,6 +44,7 @@ class TrainConfig:
   init: str = 'scratch'         # scratch | checkpoint (post-training: config.checkpoint required)
   checkpoint_every: int = 100   # training checkpoints in <workdir>/checkpoints (resume from there)
   keep_checkpoints: int = 3
+  async_checkpoints: bool = True  # write checkpoints in the background while training continues
   on_nan: str = 'stop'          # a non-finite loss or gradient: stop (naming the step) | skip the step
   eval_every: int = 0           # validation loss every N steps on held-out batches; 0: never
   eval_batches: int = 4
@@ -74,7 +71,7 @@ def check_vocab(mcfg: model_config.ModelConfig, tokenizer) -> None:
 
 
 def check_fits_one_device(mcfg: model_config.ModelConfig) -> None:
-  """This loop keeps parameters, gradients and both Adam moments unsharded on one device."""
+  """On a mesh of one device, parameters, gradients and both Adam moments sit whole on it."""
   need = mcfg.num_params() * 16
   device = jax.local_devices()[0]
   stats = device.memory_stats() or {}
@@ -83,8 +80,8 @@ def check_fits_one_device(mcfg: model_config.ModelConfig) -> None:
     raise ConfigError(
         f'{mcfg.num_params() / 1e9:.1f}B parameters need ~{need / 2**30:.0f} GiB for weights, '
         f'gradients and AdamW state, but one {device.platform} device here has '
-        f'{have / 2**30:.0f} GiB; run this recipe on a pod with the sharded trainer, or shrink '
-        'config.model.')
+        f'{have / 2**30:.0f} GiB; shard it over more devices with config.mesh (e.g. '
+        'presets.section(sharding.MeshConfig, fsdp=-1)), or shrink config.model.')
 
 
 def initial_model(config, mcfg: model_config.ModelConfig, shardings=None) -> model_lib.LLaDA:
@@ -99,7 +96,7 @@ def initial_model(config, mcfg: model_config.ModelConfig, shardings=None) -> mod
     if getattr(saved, name) != getattr(mcfg, name):
       raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
                         f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
-  rope_cfg = from_section(model_config.RopeConfig, config.rope, 'config.rope')
+  rope_cfg = typed_section(config, 'rope')
   return saved_model.load_for_recipe(config.checkpoint, mcfg, rope_cfg, shardings)[0]
 
 
@@ -184,19 +181,19 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
   """Settings, data, model, optimizer state and the newest checkpoint, restored. Whatever needs
   closing is registered with `cleanup`."""
   mcfg = model_config.from_config(config)
-  tcfg = from_section(TrainConfig, config.train, 'config.train')
-  ocfg = from_section(optimizer.OptimConfig, config.optim, 'config.optim')
-  dcfg = from_section(data_config.DataConfig, config.data, 'config.data')
+  tcfg = typed_section(config, 'train')
+  ocfg = typed_section(config, 'optim')
+  dcfg = typed_section(config, 'data')
   mesh_cfg = sharding.from_config(config)
   if tcfg.init == 'checkpoint' and not config.checkpoint:
     raise ConfigError("config.train.init='checkpoint' needs config.checkpoint, the model folder "
                       'to post-train (convert a Hugging Face checkpoint with configs/convert.py).')
-  step_cfg = from_section(train_step.StepConfig, config.get('step'), 'config.step')
+  step_cfg = typed_section(config, 'step')
   if dcfg.batch_size % step_cfg.microbatches:
     raise ConfigError(f'config.data.batch_size={dcfg.batch_size} does not split into '
                       f'config.step.microbatches={step_cfg.microbatches}; make it a multiple.')
   meta = saved_model.read_config(config.checkpoint)[1] if config.checkpoint else None
-  tok_cfg = from_section(tokenizers.TokenizerConfig, config.tokenizer, 'config.tokenizer')
+  tok_cfg = typed_section(config, 'tokenizer')
   tok = tokenizers.load(tok_cfg, meta)
   check_vocab(mcfg, tok)
   mesh = sharding.make_mesh(mesh_cfg)
@@ -248,7 +245,8 @@ def restore(job: Job, cleanup: contextlib.ExitStack) -> None:
   tcfg = job.tcfg
   job.ckpts = train_checkpoint.TrainCheckpoints(
       os.path.join(job.config.workdir, 'checkpoints'),
-      train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints),
+      train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints,
+                                        tcfg.async_checkpoints),
       # What a checkpoint must match; compute settings (kernel, remat, dtypes) may change.
       {'model': {k: v for k, v in dataclasses.asdict(job.mcfg).items()
                  if k not in model_config.COMPUTE_FIELDS},

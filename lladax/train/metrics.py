@@ -39,6 +39,7 @@ class MetricsWriter:
                      'has every value')
       else:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
         # purge_step: TensorBoard hides the events a killed run wrote from there on.
         self._tb = SummaryWriter(str(root / 'tensorboard'),
                                  purge_step=None if start_step is None else start_step + 1)

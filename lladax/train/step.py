@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from lladax import diffusion
-from lladax.config import ConfigError, from_section
+from lladax.config import ConfigError, typed_section
 
 BATCH_DTYPES = {'tokens': jnp.int32, 'positions': jnp.int32, 'segment_ids': jnp.int32,
                 'prompt_mask': jnp.bool_}
@@ -181,7 +181,7 @@ def eval_fn(graphdef, *, mask_id: int, eps: float, sft: bool, loss_chunks: int =
 
 
 def from_config(config) -> StepConfig:
-  return from_section(StepConfig, config.get('step'), 'config.step')
+  return typed_section(config, 'step')
 
 
 @dataclasses.dataclass(frozen=True)

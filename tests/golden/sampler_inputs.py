@@ -185,7 +185,7 @@ def lladax_model(dtype: str = 'float32'):
   cfg = hf_params.config_from_hf(hf_config(), param_dtype=dtype, dtype=dtype)
   model = model_lib.abstract(cfg)  # shapes only: every parameter is set below
   w = weights()
-  for name, shape in hf_params.param_shapes(cfg).items():
+  for name, shape in model_lib.param_shapes(cfg).items():
     if hf_params.stacked(name):
       value = np.stack([hf_params.to_lladax(name, w[hf_params.hf_name(name, i)], shape[1:])
                         for i in range(shape[0])])
