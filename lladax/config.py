@@ -171,6 +171,19 @@ def typed_section(config, name: str):
   return from_section(cls, section, f'config.{name}')
 
 
+def refuse_other_settings(recorded: Mapping, now: Mapping, holder: str, fix: str,
+                          prefix: str = '') -> None:
+  """ConfigError when `holder` (a results file, a stage folder, a checkpoint) was made with other
+  settings than this run's: resuming would mix the two. Names every setting that changed (as
+  `prefix` + key) and `fix`, what the user can do."""
+  changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+  if changed:
+    first = changed[0]
+    names = ', '.join(prefix + k for k in changed)
+    raise ConfigError(f'{holder} holds a run with other settings ({names}; {prefix}{first} was '
+                      f'{recorded.get(first)!r}, now {now.get(first)!r}); {fix}')
+
+
 def choice(value: str, options, where: str) -> str:
   if value not in options:
     raise ConfigError(f'{where}={value!r} is not one of {", ".join(map(repr, options))}.')

@@ -42,7 +42,14 @@ def loss(logits: jax.Array, targets: jax.Array, masked: jax.Array, p: jax.Array,
   tokens in the batch. SFT (`answer` given, [B, T] bool): each row's sum is divided by its
   answer length (prompt excluded), then averaged over rows.
   """
-  ce = token_cross_entropy(logits, targets)
+  return reduce_loss(token_cross_entropy(logits, targets), jnp.argmax(logits, axis=-1) == targets,
+                     masked, p, real, answer)
+
+
+def reduce_loss(ce: jax.Array, correct: jax.Array, masked: jax.Array, p: jax.Array,
+                real: jax.Array, answer: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """`loss` from per-token cross-entropies `ce` and argmax hits `correct` [B, T], for callers
+  that compute those a slice at a time (the chunked LM head of the train step)."""
   weighted = jnp.where(masked, ce / p[:, None], 0.0)
   if answer is None:
     value = jnp.sum(weighted) / jnp.maximum(jnp.sum(real), 1)
@@ -50,10 +57,9 @@ def loss(logits: jax.Array, targets: jax.Array, masked: jax.Array, p: jax.Array,
     answer_len = jnp.maximum(jnp.sum(answer, axis=1), 1)
     value = jnp.mean(jnp.sum(weighted, axis=1) / answer_len)
   n_masked = jnp.sum(masked)
-  correct = masked & (jnp.argmax(logits, axis=-1) == targets)
   metrics = {
       'loss': value,
-      'masked_accuracy': jnp.sum(correct) / jnp.maximum(n_masked, 1),
+      'masked_accuracy': jnp.sum(masked & correct) / jnp.maximum(n_masked, 1),
       'masked_ce': jnp.sum(jnp.where(masked, ce, 0.0)) / jnp.maximum(n_masked, 1),
       'masked_tokens': n_masked,
       'real_tokens': jnp.sum(real),

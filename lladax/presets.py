@@ -8,11 +8,13 @@ import typing
 import ml_collections
 from ml_collections import config_dict
 
-from lladax.data import config as data_config, tokenizers
-from lladax.model_config import ModelConfig, RopeConfig
-from lladax.sampler import SamplerConfig
-from lladax.train.job import TrainConfig
-from lladax.train.optimizer import OptimConfig
+from lladax.config import section_class
+from lladax.data import tokenizers
+from lladax.model_config import ModelConfig
+
+# The sections every recipe starts with (config.SECTIONS names the dataclass of each); a recipe
+# adds the others it needs with `section`.
+BASE_SECTIONS = ('model', 'rope', 'tokenizer', 'data', 'optim', 'train', 'sample')
 
 
 def _field_type(annotation):
@@ -41,14 +43,9 @@ def base(job: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.workdir = ''        # where jobs write (metrics, models); '' writes nothing
   c.checkpoint = ''     # a lladax model directory to load (generate and evaluation jobs)
-  c.model = section(ModelConfig)
-  c.rope = section(RopeConfig)
-  c.tokenizer = section(tokenizers.TokenizerConfig)
-  c.data = section(data_config.DataConfig)
-  c.optim = section(OptimConfig)
-  c.train = section(TrainConfig)
-  c.sample = section(SamplerConfig)
-  c.sample.prompt = ''  # text to continue, for the generate job
+  for name in BASE_SECTIONS:
+    c[name] = section(section_class(name, job))
+  c.sample.prompt = ''  # text to continue, for the generate job (config.SECTION_INPUTS)
   return c
 
 
@@ -64,9 +61,8 @@ def tiny_model(**overrides) -> ml_collections.ConfigDict:
 
 
 def pipeline_config():
-  """The Grain pipeline's settings class (imported here so recipes need not know the module)."""
-  from lladax.data import pipeline  # pylint: disable=import-outside-toplevel
-  return pipeline.PipelineConfig
+  """The Grain pipeline's settings class (so recipes need not know the module)."""
+  return section_class('pipeline')
 
 
 def byte_tokenizer() -> ml_collections.ConfigDict:

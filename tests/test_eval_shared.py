@@ -29,7 +29,7 @@ def test_store_resumes_drops_a_torn_last_line_and_refuses_other_settings(tmp_pat
   again.close()
   lines = [json.loads(l) for l in open(path).read().splitlines()]
   assert lines[0] == {'settings': {'steps': 32}} and len(lines) == 4
-  with pytest.raises(ConfigError, match='other settings \\(steps\\)'):
+  with pytest.raises(ConfigError, match='other settings \\(steps;'):
     results.ResultStore(path, {'steps': 16})
   fresh = results.ResultStore(path, {'steps': 16}, resume=False)
   assert len(fresh) == 0

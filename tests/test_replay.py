@@ -374,7 +374,7 @@ def test_the_smoke_replay_runs_every_stage_then_resumes(tmp_path):
   bad = lladax('--config', 'configs/mini/smoke.py', f'--config.workdir={workdir}',
                '--config.replay.post_steps=3', check=False)
   assert bad.returncode == 2
-  assert 'post/segment_seed0 holds a stage run with other settings (config.train)' in bad.stderr
+  assert 'post/segment_seed0 holds a run with other settings (config.train;' in bad.stderr
 
 
 def _copy_task():

@@ -119,7 +119,7 @@ def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
   ckpt.save(5, state(5), None)
   ckpt.close()
   other = TrainCheckpoints(str(tmp_path), CheckpointConfig(), {**META, 'model': {'d_model': 16}})
-  with pytest.raises(ConfigError, match='written with model='):
+  with pytest.raises(ConfigError, match=r'holds a run with other settings \(model; model was'):
     other.restore_latest(abstract())
   other.close()
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Sequence
 from tqdm import tqdm
 
 from lladax import files
-from lladax.config import ConfigError
+from lladax.config import ConfigError, refuse_other_settings
 from lladax.evals.eval_settings import EvalConfig
 
 
@@ -59,11 +59,9 @@ class ResultStore:
         header = record.get('settings')
         continue
       self.results[canonical(record['key'])] = record['result']
-    if header is not None and header != self.settings:
-      changed = sorted(k for k in set(header) | set(self.settings)
-                       if header.get(k) != self.settings.get(k))
-      raise ConfigError(f'{self.path} holds results made with other settings ({", ".join(changed)}'
-                        '); delete it, set --config.eval.resume=False, or use another workdir.')
+    if header is not None:
+      refuse_other_settings(header, self.settings, self.path,
+                            'delete it, set --config.eval.resume=False, or use another workdir.')
 
   def _rewrite(self):
     with files.replacing(self.path) as f:

@@ -18,7 +18,7 @@ import os
 import time
 
 from lladax import jobs, saved_model
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, refuse_other_settings, typed_section
 from lladax.data import tokenizers
 from lladax.evals import haystack, niah, results
 from lladax.replay import corpus, probe, report, stages
@@ -42,12 +42,8 @@ def _run_stage(config) -> tuple[dict, float]:
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       recorded = json.load(f)
-    if recorded['settings'] != settings:
-      changed = sorted(k for k in set(recorded['settings']) | set(settings)
-                       if recorded['settings'].get(k) != settings.get(k))
-      raise ConfigError(f'{config.workdir} holds a stage run with other settings (config.'
-                        f'{", config.".join(changed)}); delete that folder or use another '
-                        'workdir.')
+    refuse_other_settings(recorded['settings'], settings, config.workdir,
+                          'delete that folder or use another workdir.', prefix='config.')
     if recorded['done'] and config.job == 'train':
       logging.info('replay: %s is done; skipping it', config.workdir)
       return recorded['result'], recorded['seconds']

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from lladax.config import ConfigError
+from lladax.config import ConfigError, refuse_other_settings
 
 ITEMS = ('state', 'data', 'meta', 'checksums')
 # What a run stopped by SIGTERM exits with: 128 + SIGTERM, as if the signal had ended it, so a
@@ -222,12 +222,9 @@ class TrainCheckpoints:
                     'previous step', step, problem, aside)
 
   def _check(self, step: int, saved: dict) -> None:
-    for key, want in self.meta.items():
-      have = saved.get(key)
-      if have != want:
-        raise ConfigError(
-            f'checkpoint step {step} in {self.manager.directory} was written with {key}={have} '
-            f'but this run has {key}={want}; use a new config.workdir, or the recipe that wrote it.')
+    refuse_other_settings({k: saved.get(k) for k in self.meta}, self.meta,
+                          f'checkpoint step {step} in {self.manager.directory}',
+                          'use a new config.workdir, or the recipe that wrote it.')
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -62,21 +62,8 @@ def _chunked_loss(model, hidden: jax.Array, targets: jax.Array, noised: dict, ch
   ce, correct = jax.lax.map(lambda a: per_token(*a),
                             (_strided(hidden, chunks, 1), _strided(targets, chunks, 1)))
   ce, correct = _unstrided(ce, 1), _unstrided(correct, 1)
-  # The reduction of diffusion.loss, from per-token values (kept in step by a test).
-  masked, p, real, answer = noised['masked'], noised['p'], noised['real'], noised['answer']
-  weighted = jnp.where(masked, ce / p[:, None], 0.0)
-  if answer is None:
-    value = jnp.sum(weighted) / jnp.maximum(jnp.sum(real), 1)
-  else:
-    value = jnp.mean(jnp.sum(weighted, axis=1) / jnp.maximum(jnp.sum(answer, axis=1), 1))
-  n_masked = jnp.sum(masked)
-  return value, {
-      'loss': value,
-      'masked_accuracy': jnp.sum(masked & correct) / jnp.maximum(n_masked, 1),
-      'masked_ce': jnp.sum(jnp.where(masked, ce, 0.0)) / jnp.maximum(n_masked, 1),
-      'masked_tokens': n_masked,
-      'real_tokens': jnp.sum(real),
-  }
+  return diffusion.reduce_loss(ce, correct, noised['masked'], noised['p'], noised['real'],
+                               noised['answer'])
 
 
 def noised_loss(graphdef, params, batch: dict, noised: dict, *, loss_chunks: int = 1
