@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 # Every recipe section: name -> 'module:Class' of the dataclass that reads it (imported when asked
 # for, so that this module, which everything imports, imports nothing of lladax). presets builds
-# recipes from it and jobs.check_sections checks a recipe against it at start-up.
+# recipes from it and `parse` builds every section a recipe holds when a job starts.
 SECTIONS = {
     'model': 'lladax.model_config:ModelConfig',
     'rope': 'lladax.model_config:RopeConfig',
@@ -169,6 +169,53 @@ def typed_section(config, name: str):
   inputs = SECTION_INPUTS.get(name, ())
   section = {k: v for k, v in _plain(config.get(name)).items() if k not in inputs}
   return from_section(cls, section, f'config.{name}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A recipe parsed once, at the start of a job: its top-level values, and every section it
+  holds as the dataclass of config.SECTIONS (a section it lacks reads as that dataclass's
+  defaults). Library code receives these typed values; `raw`, the ConfigDict itself, is only
+  for code that hands the recipe on (a user's mesh hook, the replay's stage recipes)."""
+  job: str
+  seed: int
+  workdir: str
+  checkpoint: str
+  sections: Mapping[str, Any]
+  raw: Any = dataclasses.field(repr=False, compare=False)
+
+  def __getattr__(self, name: str):
+    if name.startswith('__') or section_class(name, self.job) is None:
+      raise AttributeError(name)
+    found = self.sections.get(name)
+    return found if found is not None else typed_section({'job': self.job}, name)
+
+  def has(self, name: str) -> bool:
+    """Whether the recipe holds section `name` (rather than reading as its defaults)."""
+    return name in self.sections
+
+  def input(self, path: str, default=None):
+    """A job input that is no setting of a section ('sample.prompt', 'demo_eval_examples')."""
+    node = self.raw
+    for key in path.split('.'):
+      if node is None or not hasattr(node, 'keys') or key not in node:
+        return default
+      node = node[key]
+    return node
+
+
+def parse(config) -> Recipe:
+  """The recipe `config` as typed values: every section it holds is built now, so a bad setting
+  fails at start-up whichever job runs. A Recipe is returned as it is."""
+  if isinstance(config, Recipe):
+    return config
+  job = config.get('job')
+  sections = {name: typed_section(config, name) for name in config.keys()
+              if section_class(name, job) is not None}
+  return Recipe(job=job, seed=_coerce(config.get('seed', 0), int, 'config.seed'),
+                workdir=_coerce(config.get('workdir') or '', str, 'config.workdir'),
+                checkpoint=_coerce(config.get('checkpoint') or '', str, 'config.checkpoint'),
+                sections=sections, raw=config)
 
 
 def refuse_other_settings(recorded: Mapping, now: Mapping, holder: str, fix: str,

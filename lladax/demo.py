@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from lladax import sampler
+from lladax.config import parse
 from lladax.data import retrieval
 from lladax.train import job as train
 
@@ -29,12 +30,13 @@ def evaluate(model, tok, scfg, n_pairs: int, needle: str, n: int, seed: int) -> 
 
 
 def run(config) -> dict:
-  scfg = sampler.from_config(config)
-  result = train.run(config)
+  recipe = parse(config)
+  scfg = recipe.sample
+  result = train.run(recipe)
   if result['stopped_early']:
     return result  # a checkpoint to resume from, no model to show yet
-  report = evaluate(result['model'], result['tokenizer'], scfg, config.data.n_pairs,
-                    config.data.needle, config.get('demo_eval_examples', 256), config.seed + 1)
+  report = evaluate(result['model'], result['tokenizer'], scfg, recipe.data.n_pairs,
+                    recipe.data.needle, recipe.input('demo_eval_examples', 256), recipe.seed + 1)
   if result['history']:  # empty when the workdir's training had already finished
     first, last = result['history'][0], result['history'][-1]
     report.update(first_loss=first['loss'], last_loss=last['loss'],
@@ -44,10 +46,10 @@ def run(config) -> dict:
   for s in report['samples']:
     mark = 'ok ' if s['generated'].strip() == s['answer'] else 'no '
     print(f'  {mark} {s["prompt"]}{s["generated"]!r:8} (want {s["answer"]})')
-  print(f'retrieval accuracy {report["accuracy"]:.1%} on {config.get("demo_eval_examples", 256)} '
+  print(f'retrieval accuracy {report["accuracy"]:.1%} on {recipe.input("demo_eval_examples", 256)} '
         f'held-out records (copying a random value from the context: {report["chance"]:.0%})')
-  if config.workdir:
-    os.makedirs(config.workdir, exist_ok=True)
-    with open(os.path.join(config.workdir, 'demo_results.json'), 'w') as f:
+  if recipe.workdir:
+    os.makedirs(recipe.workdir, exist_ok=True)
+    with open(os.path.join(recipe.workdir, 'demo_results.json'), 'w') as f:
       json.dump(report, f, indent=2)
   return report

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from lladax import flops, model_config, rope
-from lladax.config import typed_section
+from lladax.config import parse
 
 TARGETS = (8192, 16384, 32768, 65536, 131072)
 
@@ -26,10 +26,11 @@ def rope_table(cfg: model_config.ModelConfig, trained_base: float) -> list[str]:
 
 
 def run(config) -> dict:
-  raw = typed_section(config, 'model')
-  cfg = model_config.from_config(config)
-  rope_cfg = typed_section(config, 'rope')
-  seq = config.data.seq_len if 'data' in config else cfg.max_sequence_length
+  recipe = parse(config)
+  raw = recipe.model
+  cfg = model_config.resolve_rope(raw, recipe.rope)
+  rope_cfg = recipe.rope
+  seq = recipe.data.seq_len if recipe.has('data') else cfg.max_sequence_length
   fwd = flops.forward_per_token(cfg, seq)
   lines = [
       f'LLaDA: {cfg.num_params():,} parameters ({cfg.n_layers} layers, d_model {cfg.d_model}, '

@@ -6,27 +6,26 @@ import logging
 import jax
 
 from lladax import sampler, saved_model
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, parse
 from lladax.data import tokenizers
 
 
 def run(config) -> str:
-  if not config.checkpoint:
+  recipe = parse(config)
+  if not recipe.checkpoint:
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, a model folder '
                       'written by the train job (<workdir>/model) or the convert job.')
-  scfg = sampler.from_config(config)
-  rope_cfg = typed_section(config, 'rope')
-  recipe = typed_section(config, 'model')
-  model, meta, _ = saved_model.load_for_recipe(config.checkpoint, recipe, rope_cfg)
+  scfg = recipe.sample
+  model, meta, _ = saved_model.load_for_recipe(recipe.checkpoint, recipe.model, recipe.rope)
   cfg = model.cfg
   tok = tokenizers.load(
-      typed_section(config, 'tokenizer'), meta)
+      recipe.tokenizer, meta)
   ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(
-      config.sample.prompt)
+      recipe.input('sample.prompt', ''))
   tokens, mask = sampler.left_pad([ids], cfg.pad_token_id)
   logging.info('sampling %d tokens after a %d-token prompt', scfg.gen_length, len(ids))
-  out = sampler.generate(model, tokens, jax.random.key(config.seed), scfg, mask)
+  out = sampler.generate(model, tokens, jax.random.key(recipe.seed), scfg, mask)
   eos = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
   text = tok.decode(sampler.strip_generation(out[0, tokens.shape[1]:], eos))
-  print(config.sample.prompt + text)
+  print(recipe.input('sample.prompt', '') + text)
   return text

@@ -1,5 +1,6 @@
-"""Job name -> the function that runs it; every recipe section (config.SECTIONS), the training
-length against the mesh and the workdir are checked before any runs."""
+"""Job name -> the function that runs it; the recipe is parsed once (config.parse: every section
+it holds, config.SECTIONS), the training length checked against the mesh and the workdir made
+sure of before any job runs."""
 from __future__ import annotations
 
 import importlib
@@ -7,7 +8,7 @@ import os
 import tempfile
 
 from lladax import config as config_lib
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError
 
 JOBS = {
     'describe': 'lladax.describe:run',
@@ -39,26 +40,14 @@ def section_hints() -> dict[str, str]:
   return {name: config_lib.section_hint(name) for name in config_lib.SECTIONS}
 
 
-def check_sections(config) -> None:
-  """Builds the dataclass of every section the recipe holds (config.SECTIONS) so that a bad
-  setting fails at start-up, whichever job runs. Other top-level entries are left alone: a mesh
-  hook may read a section of its own."""
-  job = config.get('job')
-  for name in config.keys():
-    if config_lib.section_class(name, job) is not None:
-      config_lib.typed_section(config, name)
-
-
-def check_sequence_split(config, devices=None) -> None:
+def check_sequence_split(recipe: config_lib.Recipe, devices=None) -> None:
   """A training length the context axis does not divide fails inside the compiled step, with a
   traceback; say so before anything is built. `devices`: the mesh's (default: all)."""
   # pylint: disable=import-outside-toplevel
   from lladax import sharding
-  if config.get('job') not in TRAINS_HERE or 'mesh' not in config:
+  if recipe.job not in TRAINS_HERE or not recipe.has('mesh'):
     return
-  seq_len = typed_section(config, 'data').seq_len
-  sharding.check_sequence_split(sharding.from_config(config), seq_len, 'config.data.seq_len',
-                                devices)
+  sharding.check_sequence_split(recipe.mesh, recipe.data.seq_len, 'config.data.seq_len', devices)
 
 
 def check_workdir(path: str) -> None:
@@ -85,12 +74,14 @@ def check_workdir(path: str) -> None:
 
 
 def run(config):
+  """Parses the recipe (every section it holds, config.SECTIONS), checks the training length
+  against the mesh and the workdir, then runs the job on the parsed recipe."""
   job = config.get('job')
   if job not in JOBS:
     raise ConfigError(f'config.job={job!r} is not a job; choose one of {", ".join(sorted(JOBS))}.')
-  check_sections(config)
-  check_sequence_split(config)
+  recipe = config_lib.parse(config)
+  check_sequence_split(recipe)
   if job in WRITES_WORKDIR:
-    check_workdir(config.get('workdir') or '')
+    check_workdir(recipe.workdir)
   module, fn = JOBS[job].split(':')
-  return getattr(importlib.import_module(module), fn)(config)
+  return getattr(importlib.import_module(module), fn)(recipe)

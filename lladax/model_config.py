@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from lladax import rope as rope_lib
 from lladax.attention import KERNELS, check_options
-from lladax.config import ConfigError, check_types, choice, typed_section
+from lladax.config import ConfigError, check_types, choice
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 REMAT_POLICIES = ('none', 'full', 'minimal', 'save_qkv_proj', 'save_qkv_context')
@@ -162,9 +162,3 @@ def compute_overrides(recipe: ModelConfig, saved: ModelConfig) -> dict:
     del out['attention_options']
   return out
 
-
-def from_config(config) -> ModelConfig:
-  """The network config for a recipe: `config.model` with `config.rope`'s rule applied."""
-  model = typed_section(config, 'model')
-  rope = typed_section(config, 'rope')
-  return resolve_rope(model, rope)

@@ -28,7 +28,7 @@ import time
 import jax
 
 from lladax import files, flops, model_config, sharding, tpu_chips
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, parse
 from lladax.train import optimizer, state as train_state, step as train_step
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
@@ -339,13 +339,14 @@ def run(config) -> dict:
 
   Raises ConfigError naming the knobs to turn when no candidate fits.
   """
-  pcfg = typed_section(config, 'plan')
-  mcfg = model_config.from_config(config)
-  base_mesh = sharding.from_config(config)
-  dcfg = typed_section(config, 'data')
-  tcfg = typed_section(config, 'train')
-  ocfg = typed_section(config, 'optim')
-  step_cfg = train_step.from_config(config)
+  recipe = parse(config)
+  pcfg = recipe.plan
+  mcfg = model_config.resolve_rope(recipe.model, recipe.rope)
+  base_mesh = recipe.mesh
+  dcfg = recipe.data
+  tcfg = recipe.train
+  ocfg = recipe.optim
+  step_cfg = recipe.step
   meshes = [parse_mesh(m, base_mesh) for m in pcfg.meshes] or [base_mesh]
   microbatches = list(pcfg.microbatches) or [step_cfg.microbatches]
   policies = list(pcfg.remat_policies) or [mcfg.remat_policy]
@@ -356,8 +357,8 @@ def run(config) -> dict:
   chip, devices = tpu_chips.topology_devices(pcfg.topology, pcfg.num_slices)
   job = _Job(mcfg, optimizer.adamw(ocfg), chip, devices, dcfg.batch_size, dcfg.seq_len,
              tcfg.mask_eps, tcfg.objective == 'sft', step_cfg)
-  path = pcfg.output or (os.path.join(config.workdir, 'plan.json')
-                         if config.get('workdir') else '')
+  path = pcfg.output or (os.path.join(recipe.workdir, 'plan.json')
+                         if recipe.workdir else '')
   header = {'topology': pcfg.topology, 'chips': len(devices), 'chip': dataclasses.asdict(chip),
             'batch': job.batch, 'seq_len': job.seq_len, 'params': mcfg.num_params(),
             'attention_kernel': mcfg.attention_kernel, 'step': dataclasses.asdict(step_cfg)}

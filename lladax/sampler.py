@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, choice
 
 REMASKING = ('low_confidence', 'random')
 MASK_PREDICTION = ('ban', 'allow')
@@ -91,11 +91,6 @@ class SamplerConfig:
   @property
   def steps_per_block(self) -> int:
     return self.steps // self.num_blocks
-
-
-def from_config(config) -> SamplerConfig:
-  """`config.sample` minus its `prompt` (job input, not a sampler setting)."""
-  return typed_section(config, 'sample')
 
 
 def transfer_schedule(block_length: int, steps_per_block: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError
 
 AXES = ('data', 'fsdp', 'context', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
@@ -278,10 +278,6 @@ def multihost_init(coordinator_address: str | None = None, num_processes: int | 
   logging.info('process %d of %d, %d local devices of %d', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
-
-
-def from_config(config) -> MeshConfig:
-  return typed_section(config, 'mesh')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -160,9 +160,9 @@ def test_a_sequence_the_context_axis_does_not_divide_is_refused_at_start_up():
   four = [object()] * 4   # the context axis fills four devices
   with pytest.raises(ConfigError, match=r'config.data.seq_len=63 is not divisible by the context '
                                         r'mesh axis \(4 shards\); make it a multiple of 4'):
-    jobs.check_sequence_split(config, four)
+    jobs.check_sequence_split(config_lib.parse(config), four)
   config.data.seq_len = 64
-  jobs.check_sequence_split(config, four)
+  jobs.check_sequence_split(config_lib.parse(config), four)
 
 
 def test_a_pipeline_source_without_a_pipeline_section_names_what_is_missing():

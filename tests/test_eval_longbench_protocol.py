@@ -14,7 +14,7 @@ import pytest
 from golden import longbench_inputs as inputs, record
 
 from lladax import jobs, sampler
-from lladax.config import ConfigError
+from lladax.config import ConfigError, parse
 from lladax.data import tokenizers
 from lladax.evals import eval_settings, longbench, metrics, model_calls, oracles, protocols
 from tests.test_eval_common import recipe, tiny_checkpoint  # noqa: F401 (fixture)
@@ -328,7 +328,7 @@ def test_the_recipe_runs_the_papers_precision():
   from helpers import repo_module  # pylint: disable=import-outside-toplevel
   c = repo_module('configs', 'eval_longbench.py').get_config()
   assert (c.model.dtype, c.model.param_dtype) == ('float16', 'float16')
-  assert protocols.generation('longllada', eval_settings.eval_config(c), c.model)[1] == []
+  assert protocols.generation('longllada', parse(c).eval, parse(c).model)[1] == []
 
 
 def _write(tmp_path, name, text):

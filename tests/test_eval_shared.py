@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lladax import diffusion, model as model_lib, model_config, sampler
-from lladax.config import ConfigError
+from lladax.config import ConfigError, parse
 from lladax.data import tokenizers
 from lladax.evals import eval_settings, loading, model_calls, results
 from tests.test_eval_common import tiny_model_config
@@ -107,26 +107,26 @@ def test_a_missing_checkpoint_or_workdir_is_one_sentence(tmp_path):
   from tests.test_eval_common import recipe
   c = recipe('eval_niah', '')
   with pytest.raises(ConfigError, match='config.workdir is empty'):
-    results.output_paths(c, eval_settings.eval_config(c), 'niah')
+    results.output_paths(parse(c), parse(c).eval, 'niah')
   with pytest.raises(ConfigError, match='config.checkpoint is empty'):
-    loading.load(c)
+    loading.load(parse(c))
   c.eval.mesh_hook = 'nowhere'
   with pytest.raises(ConfigError, match='must be "module:function"'):
-    eval_settings.eval_config(c)
+    parse(c)
 
 
 def test_mesh_hook_places_model_and_batches_and_wraps_every_call(tiny):
   from tests.test_eval_common import recipe
   c = recipe('eval_niah', '')
   c.eval.mesh_hook = f'{__name__}:_fake_mesh'  # the module object pytest loaded
-  model, put, context = loading.place(tiny, c, eval_settings.eval_config(c))
+  model, put, context = loading.place(tiny, parse(c), parse(c).eval)
   assert model is tiny and put(np.zeros((1, 2))).tolist() == [[0.0, 0.0]]
   gen = model_calls.ModelGenerator(model, tokenizers.ByteTokenizer(), 1, 8, put, context)
   gen.generate(['ab', 'cd'], sampler.SamplerConfig(gen_length=4, block_length=4, steps=2))
   assert PUT_CALLS == [(1, 2)] + [(1, 8)] * 4 and ENTERED == [1, 1]  # tokens and mask, twice
   c.eval.mesh_hook = f'{__name__}:_nothing_here'
   with pytest.raises(ConfigError, match='cannot be imported'):
-    loading.place(tiny, c, eval_settings.eval_config(c))
+    loading.place(tiny, parse(c), parse(c).eval)
 
 
 PUT_CALLS, ENTERED = [], []
@@ -156,9 +156,9 @@ def test_an_eval_job_refuses_the_sample_sections_mask_prediction():
   c = presets.base('eval_niah')
   c.sample.mask_prediction = 'allow'
   with pytest.raises(ConfigError, match='set config.eval.mask_prediction instead'):
-    eval_settings.sampler_settings(c, protocols.GENERATION['longllada'], gen_length=32)
+    eval_settings.sampler_settings(parse(c).sample, protocols.GENERATION['longllada'], gen_length=32)
   c.sample.mask_prediction = 'ban'
-  scfg = eval_settings.sampler_settings(c, protocols.GENERATION['longllada'], gen_length=32,
+  scfg = eval_settings.sampler_settings(parse(c).sample, protocols.GENERATION['longllada'], gen_length=32,
                                  block_length=32, steps=32)
   assert scfg.mask_prediction == 'allow'
 

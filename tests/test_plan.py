@@ -5,9 +5,8 @@ import pytest
 from helpers import repo_module
 
 from lladax import flops, model_config, plan, sharding, tpu_chips
-from lladax.config import ConfigError
+from lladax.config import ConfigError, parse
 from lladax.model_config import ModelConfig
-from lladax.train import step as train_step
 
 needs_libtpu = pytest.mark.skipif(
     not tpu_chips.libtpu_available(),
@@ -32,7 +31,7 @@ def test_tiny_plan_reports_sharded_memory_flops_and_roofline(tmp_path, capsys):
   assert [r['status'] for r in result['plans']] == ['fits'] and result['plans'][0] is best
   # Parameters and both Adam moments (12 bytes per parameter) split over fsdp x context = 4,
   # not whole on every chip (the recipe's sizes need no TPU tile padding).
-  cfg = model_config.from_config(c)
+  cfg = model_config.resolve_rope(parse(c).model, parse(c).rope)
   state = 12 * cfg.num_params()
   assert state / 4 < best['memory']['arguments'] < 1.05 * state / 4
   tokens = 8 * 1024
@@ -114,5 +113,5 @@ def test_out_of_memory_messages_are_summarised(text, expected):
 
 def test_step_config_reads_from_the_recipe():
   c = recipe('ultra128k.py')
-  assert train_step.from_config(c).loss_chunks > 1
-  assert sharding.from_config(c).context > 1
+  assert parse(c).step.loss_chunks > 1
+  assert parse(c).mesh.context > 1

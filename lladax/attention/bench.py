@@ -27,7 +27,7 @@ import numpy as np
 
 from lladax import files
 from lladax.attention import KERNELS, attention
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, choice, parse
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CONTEXT_KERNELS = ('ring', 'all_gather')   # only differ from blockwise/splash on a context mesh
@@ -179,8 +179,9 @@ def _gib(x) -> str:
 
 
 def run(config) -> list[dict]:
+  recipe = parse(config)
   platform = jax.default_backend()
-  b = resolve(typed_section(config, 'bench'), platform)
+  b = resolve(recipe.bench, platform)
   for kernel in b.kernels:
     choice(kernel, tuple(KERNELS), 'config.bench.kernels[]')
   choice(b.dtype, DTYPES, 'config.bench.dtype')
@@ -222,9 +223,9 @@ def run(config) -> list[dict]:
             f'{row["status"]}', flush=True)
       if row['status'] != 'ok':
         break   # longer sequences will not fit either
-  if config.get('workdir'):
+  if recipe.workdir:
     report = {'platform': platform, 'bench': dataclasses.asdict(b), 'results': results}
-    path = files.write_json(os.path.join(config.workdir, 'attention_bench.json'), report, indent=1)
+    path = files.write_json(os.path.join(recipe.workdir, 'attention_bench.json'), report, indent=1)
     print(f'wrote {path}')
   return results
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from lladax import files, flops as flops_lib
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, choice, parse
 from lladax.data import pipeline, sources, tokenizers
 from lladax.model_config import ModelConfig
 
@@ -108,8 +108,9 @@ def measure(cfg: pipeline.PipelineConfig, tok, ids: dict, seconds: float) -> dic
 
 
 def run(config) -> list[dict]:
-  pcfg = typed_section(config, 'pipeline')
-  b = typed_section(config, 'bench')
+  recipe = parse(config)
+  pcfg = recipe.pipeline
+  b = recipe.bench
   for kind in b.tokenizers:
     choice(kind, KINDS, 'config.bench.tokenizers[]')
   print(f'data_bench: {b.chips // b.chips_per_host} hosts x {b.chips_per_host} chips at '
@@ -143,8 +144,8 @@ def run(config) -> list[dict]:
               f'{row["documents_per_row"]:>9.1f} {100 * row["packing_efficiency"]:>9.1f}% '
               f'{row["demand_per_host"]:>18,.0f} {row["step_seconds"]:>7.1f} '
               f'{row["headroom"]:>8.0f}x', flush=True)
-  if config.get('workdir'):
-    path = files.write_json(os.path.join(config.workdir, 'data_bench.json'),
+  if recipe.workdir:
+    path = files.write_json(os.path.join(recipe.workdir, 'data_bench.json'),
                             {'bench': dataclasses.asdict(b), 'results': results}, indent=1)
     print(f'wrote {path}')
   return results

@@ -7,7 +7,7 @@ import logging
 from typing import Sequence
 
 from lladax import sampler
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, choice
 from lladax.evals import protocols
 
 
@@ -44,15 +44,10 @@ class EvalConfig:
       raise ConfigError(f'config.eval.mesh_hook={self.mesh_hook!r} must be "module:function".')
 
 
-def eval_config(config) -> EvalConfig:
-  return typed_section(config, 'eval')
-
-
-def sampler_settings(config, generation: protocols.Generation | None = None,
+def sampler_settings(base: sampler.SamplerConfig, generation: protocols.Generation | None = None,
                      **decode) -> sampler.SamplerConfig:
   """config.sample's temperature, remasking, cfg and suppression with a job's decode lengths and
   the protocol's mask prediction."""
-  base = sampler.from_config(config)
   if generation is not None:
     if base.mask_prediction != sampler.SamplerConfig.mask_prediction:
       raise ConfigError(f'config.sample.mask_prediction={base.mask_prediction!r} does not apply '

@@ -13,35 +13,29 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from lladax import saved_model
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, Recipe
 from lladax.data import tokenizers
 from lladax.evals import protocols
 from lladax.evals.eval_settings import EvalConfig
 from lladax.evals.model_calls import LLADAX_GENERATION, Generator, ModelGenerator
 
 
-def load_tokenizer(config, meta: dict | None) -> tokenizers.Tokenizer:
-  tcfg = typed_section(config, 'tokenizer')
-  return tokenizers.load(tcfg, meta)
-
-
-def load(config, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
+def load(recipe: Recipe, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
   """(model, tokenizer, info) for `config.checkpoint` with `config.rope`'s rule applied to the
   checkpoint's own base; `info` is what every results file records about the model.
   oracle: whether the job has an oracle to offer instead when the checkpoint is missing."""
-  if not config.get('checkpoint'):
+  if not recipe.checkpoint:
     instead = (', or --config.eval.oracle=True to check the pipeline without a model'
                if oracle else '')
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR (a model folder '
                       f'from the train or convert job){instead}.')
-  rope_cfg = typed_section(config, 'rope')
-  recipe = (typed_section(config, 'model')
-            if config.get('model') else None)
-  model, meta, saved = saved_model.load_for_recipe(config.checkpoint, recipe, rope_cfg)
-  tok = load_tokenizer(config, meta)
+  rope_cfg = recipe.rope
+  model, meta, saved = saved_model.load_for_recipe(
+      recipe.checkpoint, recipe.model if recipe.has('model') else None, rope_cfg)
+  tok = tokenizers.load(recipe.tokenizer, meta)
   cfg = model.cfg
   info = {
-      'checkpoint': os.path.abspath(config.checkpoint),
+      'checkpoint': os.path.abspath(recipe.checkpoint),
       'rope': {'rule': rope_cfg.rule, 'target_length': rope_cfg.target_length,
                'checkpoint_base': saved.rope_theta, 'base': cfg.rope_theta,
                'scale': cfg.rope_theta / saved.rope_theta,
@@ -57,9 +51,9 @@ def load(config, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer, dict]:
   return model, tok, info
 
 
-def oracle_info(config) -> dict:
+def oracle_info(recipe: Recipe) -> dict:
   return {'checkpoint': 'oracle', 'rope': None, 'model': None,
-          'tokenizer': dict(config.tokenizer)}
+          'tokenizer': dataclasses.asdict(recipe.tokenizer)}
 
 
 def mesh_hook(name: str) -> Callable:
@@ -71,30 +65,31 @@ def mesh_hook(name: str) -> Callable:
                       'importable "module:function".') from None
 
 
-def place(model, config, ecfg: EvalConfig):
+def place(model, recipe: Recipe, ecfg: EvalConfig):
   """(model, put, context): on one device put is jnp.asarray and context does nothing; a mesh
   hook shards the model and the batches and may name a context for the calls."""
   if not ecfg.mesh_hook:
     return model, jnp.asarray, contextlib.nullcontext
-  placed = tuple(mesh_hook(ecfg.mesh_hook)(model, config))
+  placed = tuple(mesh_hook(ecfg.mesh_hook)(model, recipe.raw))   # the hook reads the recipe
   return placed if len(placed) == 3 else (*placed, contextlib.nullcontext)
 
 
-def model_generator(config, ecfg: EvalConfig,
+def model_generator(recipe: Recipe, ecfg: EvalConfig,
                     generation: protocols.Generation = LLADAX_GENERATION):
   """(generator, tokenizer, info) for the checkpoint the recipe names."""
-  model, tok, info = load(config)
-  model, put, context = place(model, config, ecfg)
+  model, tok, info = load(recipe)
+  model, put, context = place(model, recipe, ecfg)
   return ModelGenerator(model, tok, ecfg.batch_size, ecfg.pad_multiple, put, context,
                         generation), tok, info
 
 
-def setup(config, ecfg: EvalConfig, generator: Generator | None = None,
+def setup(recipe: Recipe, ecfg: EvalConfig, generator: Generator | None = None,
           oracle: Callable[[], Generator] | None = None, protocol: str = 'lladax'):
   """(generator, model tokenizer, info): the checkpoint's model, or `generator` if one is passed,
   or the job's oracle with config.eval.oracle (then the tokenizer comes from config.tokenizer).
   `info` records the protocol, its generation settings and the recipe's deviations from them."""
-  generation, deviations = protocols.generation(protocol, ecfg, config.get('model'))
+  generation, deviations = protocols.generation(
+      protocol, ecfg, recipe.model if recipe.has('model') else None)
   record = {'protocol': protocol, 'generation': dataclasses.asdict(generation),
             'deviations': deviations}
   if deviations:
@@ -102,10 +97,10 @@ def setup(config, ecfg: EvalConfig, generator: Generator | None = None,
   if generator is None and ecfg.oracle and oracle is not None:
     generator = oracle()
   if generator is None:
-    generator, tok, info = model_generator(config, ecfg, generation)
+    generator, tok, info = model_generator(recipe, ecfg, generation)
     return generator, tok, dict(info, **record)
-  meta = saved_model.read_config(config.checkpoint)[1] if config.get('checkpoint') else None
-  info = (oracle_info(config) if ecfg.oracle else
-          {'checkpoint': config.get('checkpoint') or 'custom generator', 'rope': None,
+  meta = saved_model.read_config(recipe.checkpoint)[1] if recipe.checkpoint else None
+  info = (oracle_info(recipe) if ecfg.oracle else
+          {'checkpoint': recipe.checkpoint or 'custom generator', 'rope': None,
            'model': None})
-  return generator, load_tokenizer(config, meta), dict(info, **record)
+  return generator, tokenizers.load(recipe.tokenizer, meta), dict(info, **record)

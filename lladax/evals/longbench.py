@@ -44,7 +44,7 @@ import re
 from typing import Callable
 
 from lladax import sampler
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, choice, parse
 from lladax.data import tokenizers
 from lladax.evals import eval_settings, loading, metrics, model_calls, oracles, protocols, results
 
@@ -556,18 +556,19 @@ def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_longbench job; `generator` replaces the model (tests). With config.eval.oracle
   every prompt is answered with its first gold answer, which scores 100 on every metric where
   the metric gives its own reference full marks."""
-  cfg = typed_section(config, 'longbench')
-  ecfg = eval_settings.eval_config(config)
-  paths = results.output_paths(config, ecfg, 'longbench')
+  recipe = parse(config)
+  cfg = recipe.longbench
+  ecfg = recipe.eval
+  paths = results.output_paths(recipe, ecfg, 'longbench')
   inputs = read_inputs(cfg)
   gold: dict[str, str] | None = {} if ecfg.oracle else None  # prompt -> first answer
-  generator, tok, info = loading.setup(config, ecfg, generator, lambda: oracles.lookup(gold),
+  generator, tok, info = loading.setup(recipe, ecfg, generator, lambda: oracles.lookup(gold),
                                       protocol=cfg.protocol)
   generation = eval_settings.generation_of(info)
-  info = eval_settings.note_deviations(info, deviations(cfg, sampler.from_config(config)), 'LongBench')
+  info = eval_settings.note_deviations(info, deviations(cfg, recipe.sample), 'LongBench')
 
   def decode(dataset):
-    return eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
+    return eval_settings.sampler_settings(recipe.sample, generation, **eval_settings.decode_settings(
         inputs.budgets[dataset], cfg.block_length, cfg.steps, 'config.longbench'))
 
   # What every dataset shares, whichever ran: a run extended by datasets or by `limit` keeps

@@ -38,7 +38,7 @@ import re
 
 import numpy as np
 
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, Recipe, choice, parse
 from lladax.evals import (eval_settings, haystack, loading, metrics, model_calls, oracles, plots,
                           protocols, results)
 
@@ -537,10 +537,10 @@ def _prompt_tokens(cfg: NiahConfig, generator, tok, generation: protocols.Genera
   return len(model_calls.prompt_ids(generator, tok, generation, prompt))
 
 
-def _lladax_job(config, cfg: NiahConfig, ecfg, generator):
+def _lladax_job(recipe: Recipe, cfg: NiahConfig, ecfg, generator):
   """(generator, tok, info, build(cell) -> built, score(built, prediction) -> result, settings)."""
   needles = load_needles(cfg)
-  generator, tok, info = loading.setup(config, ecfg, generator, lambda: oracles.niah(needles),
+  generator, tok, info = loading.setup(recipe, ecfg, generator, lambda: oracles.niah(needles),
                                       protocol=cfg.protocol)
   counter, counted_in = haystack.counting_tokenizer(cfg.count_tokenizer, tok,
                                                     'config.niah.count_tokenizer')
@@ -563,11 +563,11 @@ def _lladax_job(config, cfg: NiahConfig, ecfg, generator):
   return generator, tok, info, builder.cell, score, settings
 
 
-def _paper_job(config, cfg: NiahConfig, ecfg, generator):
+def _paper_job(recipe: Recipe, cfg: NiahConfig, ecfg, generator):
   builder, count_deviations = load_origin(cfg)
   builder.prepare(max(cfg.resolved('lengths')), cfg.resolved('repeats'))
   generator, tok, info = loading.setup(
-      config, ecfg, generator, lambda: oracles.niah(builder.oracle_needles()),
+      recipe, ecfg, generator, lambda: oracles.niah(builder.oracle_needles()),
       protocol=cfg.protocol)
   info = eval_settings.note_deviations(info, count_deviations, 'NIAH')
 
@@ -584,13 +584,14 @@ def _paper_job(config, cfg: NiahConfig, ecfg, generator):
 
 def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_niah job; `generator` replaces the model (tests, oracles)."""
-  cfg = typed_section(config, 'niah')
-  ecfg = eval_settings.eval_config(config)
-  paths = results.output_paths(config, ecfg, 'niah')
+  recipe = parse(config)
+  cfg = recipe.niah
+  ecfg = recipe.eval
+  paths = results.output_paths(recipe, ecfg, 'niah')
   job = _paper_job if cfg.paper else _lladax_job
-  generator, tok, info, build, score, settings = job(config, cfg, ecfg, generator)
+  generator, tok, info, build, score, settings = job(recipe, cfg, ecfg, generator)
   generation = eval_settings.generation_of(info)
-  scfg = eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
+  scfg = eval_settings.sampler_settings(recipe.sample, generation, **eval_settings.decode_settings(
       cfg.gen_length, cfg.block_length, cfg.resolved('steps'), 'config.niah'))
   if cfg.paper:
     info = eval_settings.note_deviations(info, paper_deviations(cfg, scfg), 'NIAH')

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax import diffusion
-from lladax.config import ConfigError, choice, typed_section
-from lladax.evals import eval_settings, haystack, loading, model_calls, plots, results
+from lladax.config import ConfigError, choice, parse
+from lladax.evals import haystack, loading, model_calls, plots, results
 
 ESTIMATORS = ('longllada', 'llada')
 
@@ -140,18 +140,19 @@ def load_tokens(cfg: PplConfig, tok, bos_id) -> np.ndarray:
 
 def run(config, scorer: model_calls.ModelScorer | None = None, tok=None) -> dict:
   """The eval_ppl job; `scorer` and `tok` replace the checkpoint's (tests)."""
-  cfg = typed_section(config, 'ppl')
-  ecfg = eval_settings.eval_config(config)
+  recipe = parse(config)
+  cfg = recipe.ppl
+  ecfg = recipe.eval
   if ecfg.oracle:
     raise ConfigError('config.eval.oracle=True does not apply to eval_ppl, which has no oracle '
                       '(a perplexity needs a model); drop it and pass --config.checkpoint=DIR.')
-  paths = results.output_paths(config, ecfg, 'ppl')
+  paths = results.output_paths(recipe, ecfg, 'ppl')
   if scorer is None:
-    model, tok, info = loading.load(config, oracle=False)
-    model, put, context = loading.place(model, config, ecfg)
+    model, tok, info = loading.load(recipe, oracle=False)
+    model, put, context = loading.place(model, recipe, ecfg)
     scorer = model_calls.ModelScorer(model, ecfg.batch_size, ecfg.pad_multiple, put, context)
   else:
-    info = {'checkpoint': config.get('checkpoint') or 'custom scorer', 'rope': None,
+    info = {'checkpoint': recipe.checkpoint or 'custom scorer', 'rope': None,
             'model': None}
   tokens = load_tokens(cfg, tok, getattr(scorer, 'bos_id', None))
   settings = dict(info, text=cfg.text, chunk=cfg.chunk, mc_samples=cfg.mc_samples,

@@ -90,7 +90,7 @@ def generation(protocol: str, eval_cfg=None, model_section=None) -> tuple[Genera
     if value:
       chosen[name] = value
   for name in ('dtype', 'param_dtype'):
-    value = (model_section or {}).get(name) if model_section is not None else None
+    value = getattr(model_section, name, None)
     if value:
       chosen[name] = value
   settings = dataclasses.replace(base, **chosen)

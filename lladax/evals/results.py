@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Sequence
 from tqdm import tqdm
 
 from lladax import files
-from lladax.config import ConfigError, refuse_other_settings
+from lladax.config import ConfigError, Recipe, refuse_other_settings
 from lladax.evals.eval_settings import EvalConfig
 
 
@@ -115,12 +115,12 @@ def run_cells(cells: Sequence[dict], store: ResultStore, compute: Callable[[list
   return [dict(c, **store.get(c)) for c in cells]
 
 
-def output_paths(config, ecfg: EvalConfig, job: str) -> dict[str, str]:
-  if not config.get('workdir'):
+def output_paths(recipe: Recipe, ecfg: EvalConfig, job: str) -> dict[str, str]:
+  if not recipe.workdir:
     raise ConfigError('config.workdir is empty; pass --config.workdir=DIR, where the results, '
                       'the resumable cells and the pictures go.')
-  os.makedirs(config.workdir, exist_ok=True)
-  prefix = os.path.join(config.workdir, ecfg.output_name or job)
+  os.makedirs(recipe.workdir, exist_ok=True)
+  prefix = os.path.join(recipe.workdir, ecfg.output_name or job)
   return {k: f'{prefix}{suffix}' for k, suffix in (
       ('cells', '_cells.jsonl'), ('json', '_results.json'), ('csv', '_results.csv'),
       ('png', '.png'))}

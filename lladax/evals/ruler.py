@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, Recipe, choice, parse
 from lladax.evals import (eval_settings, haystack, loading, metrics, model_calls, oracles, plots,
                           protocols, results, ruler_opencompass as oc, ruler_tasks)
 
@@ -207,14 +207,14 @@ def summarise(tasks: list[str], lengths: list[int], rows: list[dict]) -> dict:
           'overall': {g: results.mean(v.values()) for g, v in groups.items()}}
 
 
-def run_lladax(config, cfg: RulerConfig, generator: model_calls.Generator | None) -> dict:
-  ecfg = eval_settings.eval_config(config)
-  paths = results.output_paths(config, ecfg, 'ruler')
+def run_lladax(recipe: Recipe, cfg: RulerConfig, generator: model_calls.Generator | None) -> dict:
+  ecfg = recipe.eval
+  paths = results.output_paths(recipe, ecfg, 'ruler')
   res = resources(cfg)
   qa_answers = {}
   for data in res.qa.values():
     qa_answers.update(data.answers_by_question())
-  generator, tok, info = loading.setup(config, ecfg, generator, lambda: oracles.ruler(qa_answers),
+  generator, tok, info = loading.setup(recipe, ecfg, generator, lambda: oracles.ruler(qa_answers),
                                       protocol='lladax')
   generation = eval_settings.generation_of(info)
   counter, counted_in = haystack.counting_tokenizer(cfg.count_tokenizer, tok,
@@ -223,7 +223,7 @@ def run_lladax(config, cfg: RulerConfig, generator: model_calls.Generator | None
 
   def decode(task):
     budget = ruler_tasks.BUDGET[ruler_tasks.TASKS[task][0]]
-    return eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
+    return eval_settings.sampler_settings(recipe.sample, generation, **eval_settings.decode_settings(
         cfg.gen_length or budget, cfg.block_length, cfg.steps, 'config.ruler'))
 
   settings = dict(info, counted_in=counted_in, seed=cfg.seed,
@@ -335,9 +335,9 @@ class PaperSamples:
     return self._samples
 
 
-def run_paper(config, cfg: RulerConfig, generator: model_calls.Generator | None) -> dict:
-  ecfg = eval_settings.eval_config(config)
-  paths = results.output_paths(config, ecfg, 'ruler')
+def run_paper(recipe: Recipe, cfg: RulerConfig, generator: model_calls.Generator | None) -> dict:
+  ecfg = recipe.eval
+  paths = results.output_paths(recipe, ecfg, 'ruler')
   tasks, lengths, not_run = cfg.task_list(), cfg.grid(), cfg.not_run()
   encoder, count_deviations = haystack.cl100k(cfg.count_tokenizer, 'config.ruler.count_tokenizer')
   counter = oc.Counter(encoder.encode_refusing_special)
@@ -347,7 +347,7 @@ def run_paper(config, cfg: RulerConfig, generator: model_calls.Generator | None)
     # it cannot use fails now, not hours into the run.
     draw(cfg, task, lengths[0], 1, counter, mat)
   qa_prompts: dict[str, list[str]] = {}
-  generator, _, info = loading.setup(config, ecfg, generator,
+  generator, _, info = loading.setup(recipe, ecfg, generator,
                                     lambda: oracles.Oracle(oc.solver(qa_prompts)),
                                     protocol=cfg.protocol)
   generation = eval_settings.generation_of(info)
@@ -355,7 +355,7 @@ def run_paper(config, cfg: RulerConfig, generator: model_calls.Generator | None)
 
   def decode(task):
     gen = cfg.gen_length or oc.TOKENS_TO_GENERATE[oc.TASKS[task][0]]
-    return eval_settings.sampler_settings(config, generation, **eval_settings.decode_settings(
+    return eval_settings.sampler_settings(recipe.sample, generation, **eval_settings.decode_settings(
         gen, cfg.block_length, cfg.steps, 'config.ruler'))
 
   info = eval_settings.note_deviations(info, count_deviations + paper_deviations(
@@ -421,7 +421,8 @@ def finish(paths: dict, result: dict, info: dict) -> dict:
 
 def run(config, generator: model_calls.Generator | None = None) -> dict:
   """The eval_ruler job; `generator` replaces the model (tests, oracles)."""
-  cfg = typed_section(config, 'ruler')
+  recipe = parse(config)
+  cfg = recipe.ruler
   if cfg.protocol == 'lladax':
-    return run_lladax(config, cfg, generator)
-  return run_paper(config, cfg, generator)
+    return run_lladax(recipe, cfg, generator)
+  return run_paper(recipe, cfg, generator)

@@ -26,7 +26,7 @@ import numpy as np
 import safetensors
 
 from lladax import model as model_lib, saved_model
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, parse
 from lladax.data import tokenizers
 from lladax.hf import params as hf_params
 from lladax.model_config import DTYPES
@@ -358,5 +358,6 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
 
 
 def run(config) -> str:
-  c = typed_section(config, 'convert')
+  recipe = parse(config)
+  c = recipe.convert
   return convert(c.source, c.output, c.param_dtype, c.dtype, c.overwrite)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from lladax import model as model_lib, saved_model
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, parse
 from lladax.hf import params as hf_params
 from lladax.model_config import DTYPES
 
@@ -205,9 +205,10 @@ def export(checkpoint_dir: str, output: str, dtype: str = '',
 
 
 def run(config) -> str:
-  if not config.get('checkpoint'):
+  recipe = parse(config)
+  if not recipe.checkpoint:
     raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, the lladax model '
                       'directory to export.')
-  c = typed_section(config, 'export')
-  return export(config.checkpoint, c.output, c.dtype, c.max_shard_bytes, c.copy_from,
+  c = recipe.export
+  return export(recipe.checkpoint, c.output, c.dtype, c.max_shard_bytes, c.copy_from,
                 c.overwrite)

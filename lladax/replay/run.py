@@ -18,7 +18,7 @@ import os
 import time
 
 from lladax import jobs, saved_model
-from lladax.config import ConfigError, refuse_other_settings, typed_section
+from lladax.config import ConfigError, parse, refuse_other_settings
 from lladax.data import tokenizers
 from lladax.evals import haystack, niah, results
 from lladax.replay import corpus, probe, report, stages
@@ -80,15 +80,19 @@ def _probe(rcfg: ReplayConfig, files: dict, tokenizer, model_dir: str, seed: int
 
 
 def run(config) -> dict:
-  rcfg = typed_section(config, 'replay')
-  if not config.get('workdir'):
+  """The replay job: data, pre-training, instruct stages, post-training and evaluation, each a
+  job of its own run on a recipe made from this one."""
+  recipe = parse(config)
+  config = recipe.raw   # the ConfigDict each stage's recipe is copied from
+  rcfg = recipe.replay
+  if not recipe.workdir:
     raise ConfigError('config.workdir is empty; the replay writes its data, models and results '
                       'there: pass --config.workdir=DIR.')
-  if 'pipeline' not in config:
+  if not recipe.has('pipeline'):
     raise ConfigError('the replay recipe needs a config.pipeline section (its packing and fit '
                       'for pre-training); start from configs/mini/ultra.py.')
   workdir = os.path.abspath(config.workdir)
-  tok = tokenizers.load(typed_section(config, 'tokenizer'))
+  tok = tokenizers.load(recipe.tokenizer)
   start = time.perf_counter()
   files = corpus.build(rcfg, tok, os.path.join(workdir, 'data'), config.seed)
   seconds = {'data': time.perf_counter() - start}

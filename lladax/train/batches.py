@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError, Recipe
 from lladax.data import config as data_config, pipeline as pipeline_lib, simple
 
 
@@ -78,7 +78,7 @@ def invalid_state(state, needs: str) -> ConfigError:
                      'wrote, or start afresh in a new config.workdir.')
 
 
-def open_batches(config, dcfg: data_config.DataConfig, tokenizer, mcfg, *, rows: int,
+def open_batches(recipe: Recipe, dcfg: data_config.DataConfig, tokenizer, mcfg, *, rows: int,
                  process_index: int | None = None, process_count: int | None = None,
                  held_out: bool = False):
   """This process's batches of `rows` rows (its share of the global batch).
@@ -90,17 +90,17 @@ def open_batches(config, dcfg: data_config.DataConfig, tokenizer, mcfg, *, rows:
   count = jax.process_count() if process_count is None else process_count
   if dcfg.source == 'pipeline':
     section = 'eval_pipeline' if held_out else 'pipeline'
-    if held_out and not config.get(section):
+    if held_out and not recipe.has(section):
       raise ConfigError('config.train.eval_every needs config.eval_pipeline: held-out sources '
                         'for the validation loss (a PipelineConfig section like config.pipeline).')
-    if not config.get(section):
+    if not recipe.has(section):
       # Without one, PipelineConfig's defaults (131072 tokens a row) would be reported as if
       # the recipe had set them.
       raise ConfigError(f"config.data.source='pipeline' needs a config.{section} section (its "
                         f'sources and packing); add c.{section} = presets.section('
                         'presets.pipeline_config(), sources=(...), seq_len=...) to the recipe, '
                         'or choose another config.data.source.')
-    pcfg = typed_section(config, section)
+    pcfg = getattr(recipe, section)
     if pcfg.seq_len != dcfg.seq_len:
       raise ConfigError(f'config.{section}.seq_len={pcfg.seq_len} (set in the recipe) differs '
                         f'from config.data.seq_len={dcfg.seq_len}; set them equal.')
@@ -112,6 +112,6 @@ def open_batches(config, dcfg: data_config.DataConfig, tokenizer, mcfg, *, rows:
     raise ConfigError(f"config.data.source={dcfg.source!r} is a single-host generator; use "
                       "config.data.source='pipeline' with config.pipeline for multi-host runs.")
   local = data_config.DataConfig(**{**dcfg.__dict__, 'batch_size': rows})
-  seed = config.seed + (1_000_003 if held_out else 0)
+  seed = recipe.seed + (1_000_003 if held_out else 0)
   return Replayed(lambda: simple.batches(local, tokenizer, seed, eos_id=mcfg.eos_token_id,
                                          bos_id=mcfg.bos_token_id))

@@ -26,7 +26,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from lladax import diffusion, flops, model as model_lib, model_config, saved_model, sharding
-from lladax.config import ConfigError, choice, typed_section
+from lladax.config import ConfigError, Recipe, choice, parse
 from lladax.data import config as data_config, global_batch, tokenizers
 from lladax.train import (batches as train_data, checkpoints as train_checkpoint,
                           metrics as metrics_lib, optimizer, state as train_state)
@@ -84,20 +84,20 @@ def check_fits_one_device(mcfg: model_config.ModelConfig) -> None:
         'presets.section(sharding.MeshConfig, fsdp=-1)), or shrink config.model.')
 
 
-def initial_model(config, mcfg: model_config.ModelConfig, shardings=None) -> model_lib.LLaDA:
+def initial_model(recipe: Recipe, mcfg: model_config.ModelConfig, shardings=None
+                  ) -> model_lib.LLaDA:
   """From scratch, or from `config.checkpoint` (post-training) with the recipe's RoPE rule and
   compute settings applied to the checkpoint's own shape and base; `shardings` (ModelConfig ->
   parameter shardings) restores the parameters straight onto the mesh."""
-  if not config.checkpoint:
-    return model_lib.init(mcfg, config.seed)
-  saved, _ = saved_model.read_config(config.checkpoint)
+  if not recipe.checkpoint:
+    return model_lib.init(mcfg, recipe.seed)
+  saved, _ = saved_model.read_config(recipe.checkpoint)
   for name in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'kv_heads', 'mlp_hidden_size',
                'weight_tying'):
     if getattr(saved, name) != getattr(mcfg, name):
-      raise ConfigError(f'{config.checkpoint} has {name}={getattr(saved, name)} but the recipe '
+      raise ConfigError(f'{recipe.checkpoint} has {name}={getattr(saved, name)} but the recipe '
                         f'has config.model.{name}={getattr(mcfg, name)}; make them match.')
-  rope_cfg = typed_section(config, 'rope')
-  return saved_model.load_for_recipe(config.checkpoint, mcfg, rope_cfg, shardings)[0]
+  return saved_model.load_for_recipe(recipe.checkpoint, mcfg, recipe.rope, shardings)[0]
 
 
 class Window:
@@ -122,7 +122,7 @@ class Window:
 @dataclasses.dataclass
 class Job:
   """What the loop works with, built by `prepare`."""
-  config: object
+  recipe: Recipe
   tcfg: TrainConfig
   dcfg: data_config.DataConfig
   ocfg: optimizer.OptimConfig
@@ -151,13 +151,14 @@ def run(config) -> dict:
   Returns {'model', 'history' (one record per log interval), 'model_dir', 'tokenizer',
   'stopped_early'}. A run stopped by SIGTERM saves a checkpoint of its last finished step and
   returns stopped_early=True and no model (main exits with train_checkpoint.EXIT_STOPPED).
+  `config`: the recipe, as a ConfigDict or already parsed (config.parse).
   """
   # Installed first: SIGTERM stops the job at any point, also while it sets up.
   with train_checkpoint.Preemption() as preempted:
     with contextlib.ExitStack() as cleanup:
       try:
         with preempted.waiting():
-          job = prepare(config, cleanup)
+          job = prepare(parse(config), cleanup)
       except train_checkpoint.Preempted:
         logging.warning('stopped by SIGTERM before training began; rerun the same command to '
                         'resume (exit code %d)', train_checkpoint.EXIT_STOPPED)
@@ -177,23 +178,23 @@ def stopped_result(tok, history: list) -> dict:
           'stopped_early': True}
 
 
-def prepare(config, cleanup: contextlib.ExitStack) -> Job:
+def prepare(recipe: Recipe, cleanup: contextlib.ExitStack) -> Job:
   """Settings, data, model, optimizer state and the newest checkpoint, restored. Whatever needs
   closing is registered with `cleanup`."""
-  mcfg = model_config.from_config(config)
-  tcfg = typed_section(config, 'train')
-  ocfg = typed_section(config, 'optim')
-  dcfg = typed_section(config, 'data')
-  mesh_cfg = sharding.from_config(config)
-  if tcfg.init == 'checkpoint' and not config.checkpoint:
+  mcfg = model_config.resolve_rope(recipe.model, recipe.rope)
+  tcfg = recipe.train
+  ocfg = recipe.optim
+  dcfg = recipe.data
+  mesh_cfg = recipe.mesh
+  if tcfg.init == 'checkpoint' and not recipe.checkpoint:
     raise ConfigError("config.train.init='checkpoint' needs config.checkpoint, the model folder "
                       'to post-train (convert a Hugging Face checkpoint with configs/convert.py).')
-  step_cfg = typed_section(config, 'step')
+  step_cfg = recipe.step
   if dcfg.batch_size % step_cfg.microbatches:
     raise ConfigError(f'config.data.batch_size={dcfg.batch_size} does not split into '
                       f'config.step.microbatches={step_cfg.microbatches}; make it a multiple.')
-  meta = saved_model.read_config(config.checkpoint)[1] if config.checkpoint else None
-  tok_cfg = typed_section(config, 'tokenizer')
+  meta = saved_model.read_config(recipe.checkpoint)[1] if recipe.checkpoint else None
+  tok_cfg = recipe.tokenizer
   tok = tokenizers.load(tok_cfg, meta)
   check_vocab(mcfg, tok)
   mesh = sharding.make_mesh(mesh_cfg)
@@ -205,7 +206,7 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
 
   def open_data(held_out=False):
     data = train_data.open_batches(
-        config, dcfg, tok, mcfg, rows=dcfg.batch_size // count, process_index=index,
+        recipe, dcfg, tok, mcfg, rows=dcfg.batch_size // count, process_index=index,
         process_count=count, held_out=held_out)
     cleanup.callback(data.close)
     return data
@@ -214,8 +215,8 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
   eval_data = open_data(held_out=True) if tcfg.eval_every else None
 
   tx = optimizer.adamw(ocfg)
-  if config.checkpoint:
-    model = initial_model(config, mcfg, lambda cfg: train_state.state_shardings(
+  if recipe.checkpoint:
+    model = initial_model(recipe, mcfg, lambda cfg: train_state.state_shardings(
         cfg, tx, mesh, rules)[0])
     mcfg = model.cfg
     param_sh, opt_sh = train_state.state_shardings(mcfg, tx, mesh, rules)
@@ -223,16 +224,16 @@ def prepare(config, cleanup: contextlib.ExitStack) -> Job:
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   else:
     param_sh, opt_sh = train_state.state_shardings(mcfg, tx, mesh, rules)
-    graphdef, params, opt_state = train_state.init_sharded(mcfg, tx, mesh, rules, config.seed)
+    graphdef, params, opt_state = train_state.init_sharded(mcfg, tx, mesh, rules, recipe.seed)
   sft = tcfg.objective == 'sft'
   step_fn = train_state.sharded_update(
       graphdef, tx, mesh, param_sh, opt_sh, batch_sh, rules, mask_id=mcfg.mask_token_id,
       eps=tcfg.mask_eps, sft=sft, step_cfg=step_cfg, skip_nonfinite=tcfg.on_nan == 'skip')
   eval_fn = train_state.sharded_eval(graphdef, mesh, param_sh, batch_sh, rules,
                                     mask_id=mcfg.mask_token_id, eps=tcfg.mask_eps, sft=sft)
-  job = Job(config, tcfg, dcfg, ocfg, mcfg, tok, tok_cfg, meta, mesh, batch_sh, data, eval_data,
+  job = Job(recipe, tcfg, dcfg, ocfg, mcfg, tok, tok_cfg, meta, mesh, batch_sh, data, eval_data,
             graphdef, params, opt_state, step_fn, eval_fn, ckpts=None)
-  if config.get('workdir'):
+  if recipe.workdir:
     restore(job, cleanup)
   logging.info('training %s parameters on a %s mesh for steps %d..%d (%s)',
                f'{mcfg.num_params():,}', dict(mesh.shape), job.start + 1, tcfg.steps,
@@ -244,13 +245,13 @@ def restore(job: Job, cleanup: contextlib.ExitStack) -> None:
   """Opens the workdir's training checkpoints and continues from the newest usable one."""
   tcfg = job.tcfg
   job.ckpts = train_checkpoint.TrainCheckpoints(
-      os.path.join(job.config.workdir, 'checkpoints'),
+      os.path.join(job.recipe.workdir, 'checkpoints'),
       train_checkpoint.CheckpointConfig(tcfg.checkpoint_every, tcfg.keep_checkpoints,
                                         tcfg.async_checkpoints),
       # What a checkpoint must match; compute settings (kernel, remat, dtypes) may change.
       {'model': {k: v for k, v in dataclasses.asdict(job.mcfg).items()
                  if k not in model_config.COMPUTE_FIELDS},
-       'seed': job.config.seed, 'data': job.config.data.to_dict(),
+       'seed': job.recipe.seed, 'data': dataclasses.asdict(job.recipe.data),
        'objective': tcfg.objective})
   cleanup.callback(job.ckpts.close)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -288,7 +289,7 @@ def finished(job: Job, cleanup: contextlib.ExitStack) -> dict:
 
 def model_path(job: Job) -> str | None:
   """Where the final model goes: <workdir>/model, when the run saves one."""
-  workdir = job.config.get('workdir')
+  workdir = job.recipe.workdir
   return os.path.join(workdir, 'model') if workdir and job.tcfg.save else None
 
 
@@ -322,7 +323,7 @@ def train_loop(job: Job, preempted: train_checkpoint.Preemption) -> tuple[list, 
   schedule = optimizer.learning_rate(job.ocfg)
   flops_per_step = flops.train_per_token(job.mcfg, dcfg.seq_len) * dcfg.batch_size * dcfg.seq_len
   peak = flops.peak_flops(jax.devices()[0])
-  base_key = jax.random.key(job.config.seed)
+  base_key = jax.random.key(job.recipe.seed)
   # Processes must stop at one step: only a lone process may stop in the middle of a wait.
   alone = jax.process_count() == 1
   history, window = [], Window()
@@ -330,7 +331,7 @@ def train_loop(job: Job, preempted: train_checkpoint.Preemption) -> tuple[list, 
   stop = False
   data_state = job.data.get_state()   # the data's position after `done` batches
   pending = None
-  writer = metrics_lib.MetricsWriter(job.config.get('workdir') or '', tcfg.tensorboard,
+  writer = metrics_lib.MetricsWriter(job.recipe.workdir, tcfg.tensorboard,
                                      start_step=job.start)
 
   def save():

@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from lladax import diffusion
-from lladax.config import ConfigError, typed_section
+from lladax.config import ConfigError
 
 BATCH_DTYPES = {'tokens': jnp.int32, 'positions': jnp.int32, 'segment_ids': jnp.int32,
                 'prompt_mask': jnp.bool_}
@@ -165,10 +165,6 @@ def eval_fn(graphdef, *, mask_id: int, eps: float, sft: bool, loss_chunks: int =
   loss = functools.partial(loss_fn, graphdef, mask_id=mask_id, eps=eps, sft=sft,
                            loss_chunks=loss_chunks)
   return lambda params, batch, key: loss(params, batch, key)[1]
-
-
-def from_config(config) -> StepConfig:
-  return typed_section(config, 'step')
 
 
 @dataclasses.dataclass(frozen=True)
