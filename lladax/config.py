@@ -190,6 +190,12 @@ class Recipe:
     found = self.sections.get(name)
     return found if found is not None else typed_section({'job': self.job}, name)
 
+  def checkpoint_for(self, what: str) -> str:
+    """config.checkpoint, or a ConfigError saying which model folder the job needs (`what`)."""
+    if not self.checkpoint:
+      raise ConfigError(f'config.checkpoint is empty; pass --config.checkpoint=DIR, {what}.')
+    return self.checkpoint
+
   def has(self, name: str) -> bool:
     """Whether the recipe holds section `name` (rather than reading as its defaults)."""
     return name in self.sections

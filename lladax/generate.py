@@ -6,17 +6,16 @@ import logging
 import jax
 
 from lladax import sampler, saved_model
-from lladax.config import ConfigError, parse
+from lladax.config import parse
 from lladax.data import tokenizers
 
 
 def run(config) -> str:
   recipe = parse(config)
-  if not recipe.checkpoint:
-    raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, a model folder '
-                      'written by the train job (<workdir>/model) or the convert job.')
+  path = recipe.checkpoint_for('a model folder written by the train job (<workdir>/model) or '
+                               'the convert job')
   scfg = recipe.sample
-  model, meta, _ = saved_model.load_for_recipe(recipe.checkpoint, recipe.model, recipe.rope)
+  model, meta, _ = saved_model.load_for_recipe(path, recipe.model, recipe.rope)
   cfg = model.cfg
   tok = tokenizers.load(
       recipe.tokenizer, meta)

@@ -226,3 +226,32 @@ def test_eval_ppl_says_it_has_no_oracle(tmp_path):
   with pytest.raises(ConfigError, match='config.checkpoint is empty') as e:
     perplexity.run(config)
   assert 'oracle' not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of sections: every section a recipe holds is parsed when the job starts
+
+
+@pytest.mark.parametrize('name,job', [(name, 'describe') for name in config_lib.SECTIONS] +
+                         [('bench', 'attention_bench'), ('bench', 'data_bench')])
+def test_a_bad_setting_in_any_section_fails_at_start_up_whichever_job_runs(name, job):
+  from lladax import presets  # pylint: disable=import-outside-toplevel
+  c = presets.base(job)
+  c[name] = presets.section(config_lib.section_class(name, job))
+  c[name].unlikely_setting = 1
+  with pytest.raises(ConfigError, match=rf'config\.{name}\.unlikely_setting is not a known '
+                                        'setting'):
+    jobs.run(c)
+
+
+def test_a_parsed_recipe_is_typed_once_and_reads_absent_sections_as_their_defaults():
+  from lladax import presets, sampler  # pylint: disable=import-outside-toplevel
+  c = presets.base('describe')
+  c.sample.prompt = 'abc'
+  recipe = config_lib.parse(c)
+  assert config_lib.parse(recipe) is recipe
+  assert isinstance(recipe.model, ModelConfig) and isinstance(recipe.sample, sampler.SamplerConfig)
+  assert recipe.input('sample.prompt') == 'abc' and recipe.input('nothing.here', 7) == 7
+  assert not recipe.has('mesh') and recipe.mesh == sharding.MeshConfig()
+  with pytest.raises(AttributeError):
+    recipe.not_a_section  # pylint: disable=pointless-statement

@@ -24,18 +24,15 @@ def load(recipe: Recipe, oracle: bool = True) -> tuple[Any, tokenizers.Tokenizer
   """(model, tokenizer, info) for `config.checkpoint` with `config.rope`'s rule applied to the
   checkpoint's own base; `info` is what every results file records about the model.
   oracle: whether the job has an oracle to offer instead when the checkpoint is missing."""
-  if not recipe.checkpoint:
-    instead = (', or --config.eval.oracle=True to check the pipeline without a model'
-               if oracle else '')
-    raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR (a model folder '
-                      f'from the train or convert job){instead}.')
+  instead = ', or --config.eval.oracle=True to check the pipeline without a model' if oracle else ''
+  path = recipe.checkpoint_for(f'a model folder from the train or convert job{instead}')
   rope_cfg = recipe.rope
   model, meta, saved = saved_model.load_for_recipe(
-      recipe.checkpoint, recipe.model if recipe.has('model') else None, rope_cfg)
+      path, recipe.model if recipe.has('model') else None, rope_cfg)
   tok = tokenizers.load(recipe.tokenizer, meta)
   cfg = model.cfg
   info = {
-      'checkpoint': os.path.abspath(recipe.checkpoint),
+      'checkpoint': os.path.abspath(path),
       'rope': {'rule': rope_cfg.rule, 'target_length': rope_cfg.target_length,
                'checkpoint_base': saved.rope_theta, 'base': cfg.rope_theta,
                'scale': cfg.rope_theta / saved.rope_theta,

@@ -206,9 +206,7 @@ def export(checkpoint_dir: str, output: str, dtype: str = '',
 
 def run(config) -> str:
   recipe = parse(config)
-  if not recipe.checkpoint:
-    raise ConfigError('config.checkpoint is empty; pass --config.checkpoint=DIR, the lladax model '
-                      'directory to export.')
+  path = recipe.checkpoint_for('the lladax model directory to export')
   c = recipe.export
-  return export(recipe.checkpoint, c.output, c.dtype, c.max_shard_bytes, c.copy_from,
+  return export(path, c.output, c.dtype, c.max_shard_bytes, c.copy_from,
                 c.overwrite)
