@@ -28,7 +28,7 @@ from test_train_resume import losses, recipe  # noqa: E402
 from lladax import saved_model  # noqa: E402
 from lladax.config import ConfigError  # noqa: E402
 from lladax.train import (batches as train_data, checkpoints as train_checkpoint,  # noqa: E402
-                          job as train, state as train_state, step as train_step)
+                          job as train, state as train_state)
 
 STEPS = 6
 CACHE_SETTINGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
@@ -230,7 +230,7 @@ def test_sigterm_during_a_step_stops_after_that_step(tmp_path, monkeypatch, full
       return step_fn(*a)
     return step
 
-  monkeypatch.setattr(train_step, 'sharded_update', signalling_update)
+  monkeypatch.setattr(train_state, 'sharded_update', signalling_update)
   stopped = train.run(faulty(tmp_path, STEPS))
   assert stopped['stopped_early'] and stopped['model_dir'] is None
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']

@@ -50,13 +50,13 @@ def rows(rng: np.random.Generator, count: int):
 
 def lladax_model(seed: int):
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from lladax import config as cfg_lib, model as model_lib, model_config  # pylint: disable=import-outside-toplevel
+  from lladax import config as cfg_lib, model as model_lib  # pylint: disable=import-outside-toplevel
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'configs', 'mini',
                       'ultra.py')
   spec = importlib.util.spec_from_file_location('mini_ultra', path)
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
-  cfg = cfg_lib.from_section(model_config.ModelConfig, recipe.get_config().model, 'config.model')
+  cfg = cfg_lib.parse(recipe.get_config()).model
   graph, params = nnx.split(model_lib.init(cfg, seed))
   return params, lambda p, tokens, positions, segments: nnx.merge(graph, p)(tokens, positions,
                                                                             segments)

@@ -41,9 +41,6 @@ class ConvertConfig:
   overwrite: bool = False  # replace an existing output directory
 
   def __post_init__(self):
-    if not self.source or not self.output:
-      raise ConfigError('the convert job needs --config.convert.source=<HF checkpoint directory> '
-                        'and --config.convert.output=<new lladax model directory>.')
     for field in ('param_dtype', 'dtype'):
       value = getattr(self, field)
       if value and value not in DTYPES:
@@ -313,7 +310,7 @@ def _streamed(name: str, shape: tuple[int, ...], dtype: np.dtype,
 def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
             overwrite: bool = False) -> str:
   """Converts the HF LLaDA checkpoint directory `source` into the lladax model directory `output`
-  (loadable with lladax.model_dir.load_model); returns the output path."""
+  (loadable with lladax.saved_model.load_model); returns the output path."""
   start = time.perf_counter()
   saved_model.refuse_overlap(source, output, 'config.convert.source', 'config.convert.output')
   config_file = os.path.join(source, 'config.json')
@@ -358,6 +355,9 @@ def convert(source: str, output: str, param_dtype: str = '', dtype: str = '',
 
 
 def run(config) -> str:
-  recipe = parse(config)
-  c = recipe.convert
+  c = parse(config).convert
+  # Checked by the job, not the section: a recipe made for converting may run another job.
+  if not c.source or not c.output:
+    raise ConfigError('the convert job needs --config.convert.source=<HF checkpoint directory> '
+                      'and --config.convert.output=<new lladax model directory>.')
   return convert(c.source, c.output, c.param_dtype, c.dtype, c.overwrite)

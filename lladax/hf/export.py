@@ -40,8 +40,6 @@ class ExportConfig:
   overwrite: bool = False            # replace an existing output directory
 
   def __post_init__(self):
-    if not self.output:
-      raise ConfigError('the export job needs --config.export.output=<new Hugging Face directory>.')
     if self.dtype and self.dtype not in DTYPES:
       raise ConfigError(f'config.export.dtype={self.dtype!r} is not one of '
                         f'{", ".join(map(repr, DTYPES))} (or empty to keep the stored dtype).')
@@ -208,5 +206,6 @@ def run(config) -> str:
   recipe = parse(config)
   path = recipe.checkpoint_for('the lladax model directory to export')
   c = recipe.export
-  return export(path, c.output, c.dtype, c.max_shard_bytes, c.copy_from,
-                c.overwrite)
+  if not c.output:   # checked by the job: a recipe made for exporting may run another job
+    raise ConfigError('the export job needs --config.export.output=<new Hugging Face directory>.')
+  return export(path, c.output, c.dtype, c.max_shard_bytes, c.copy_from, c.overwrite)

@@ -20,6 +20,7 @@ import ml_collections
 
 from lladax import presets
 from lladax.data import config as data_config
+from lladax.model_config import RopeConfig
 from lladax.evals import eval_settings, niah, perplexity
 from lladax.replay import corpus
 from lladax.replay.settings import ReplayConfig
@@ -61,7 +62,7 @@ def pretrain(config, rcfg: ReplayConfig, files: dict, workdir: str):
   c.workdir = os.path.join(workdir, 'pretrain')
   c.checkpoint = ''
   c.model.max_sequence_length = rcfg.train_length
-  c.rope = presets.section(presets.RopeConfig)
+  c.rope = presets.section(RopeConfig)
   c.data = _pipeline_data(rcfg.train_length, config.data.batch_size)
   c.pipeline.update(seq_len=rcfg.train_length, batch_size=c.data.batch_size,
                     sources=_sources(files['prose'], files['retrieval_pre'],
@@ -85,7 +86,7 @@ def instruct(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model: 
   c.job = 'train'
   c.workdir = os.path.join(workdir, name)
   c.checkpoint = base_model
-  c.rope = presets.section(presets.RopeConfig)
+  c.rope = presets.section(RopeConfig)
   c.data.update(source='sft_jsonl', path=files[data], seq_len=length)
   c.train.update(init='checkpoint', objective='sft', steps=steps,
                  log_every=max(1, min(c.train.log_every, steps)), checkpoint_every=steps)
@@ -108,7 +109,7 @@ def posttrain(config, rcfg: ReplayConfig, files: dict, workdir: str, base_model:
   c.seed = seed
   c.workdir = os.path.join(workdir, 'post', f'{strategy}_seed{seed}')
   c.checkpoint = base_model
-  c.rope = presets.section(presets.RopeConfig, rule='diffusion_ntk',
+  c.rope = presets.section(RopeConfig, rule='diffusion_ntk',
                            target_length=rcfg.post_length)
   c.data = _pipeline_data(rcfg.post_length, rcfg.post_batch_size)
   # UltraLLaDA's three packings differ only in how documents are kept apart: segment ids (each
@@ -135,7 +136,7 @@ def _eval_base(config, job: str, variant: Variant, rcfg: ReplayConfig, workdir: 
   c.tokenizer = config.tokenizer
   # Evaluate as trained (float32); the shape comes from the checkpoint.
   c.model.update(dtype='float32', param_dtype='float32')
-  c.rope = presets.section(presets.RopeConfig)
+  c.rope = presets.section(RopeConfig)
   if variant.rule != 'none':
     c.rope.update(rule=variant.rule, target_length=rcfg.post_length)
   c.eval = presets.section(eval_settings.EvalConfig, batch_size=rcfg.eval_batch_size, pad_multiple=32)
