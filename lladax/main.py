@@ -9,6 +9,7 @@ import os
 import re
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -25,6 +26,24 @@ def _quiet_libraries():
   for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
     handler.addFilter(lambda r: r.levelno >= logging.WARNING or
                       not any(n in r.pathname for n in noisy))
+
+
+def _skip_absent_tpu():
+  """With JAX_PLATFORMS unset jax tries every backend, TPU too: where libtpu is installed (CI
+  installs it for ahead-of-time TPU compiles) on a host without a TPU chip, libtpu prints INTERNAL
+  errors while it looks for one. A host with no TPU chip and no GPU ends on the CPU anyway, so ask
+  for it at once; a platform the user chose, or any accelerator, leaves jax's choice alone."""
+  if jax.config.jax_platforms or 'JAX_FORCE_TPU_INIT' in os.environ:
+    return
+  try:  # the checks jax itself uses to find TPU chips (PCI ids) and GPUs (device files)
+    from jax._src import hardware_utils as found  # pylint: disable=import-outside-toplevel
+    accelerator = (found.num_available_tpu_chips_and_device_id()[0] or
+                   found.has_visible_nvidia_gpu() or found.num_available_amd_gpus(stop_at=1))
+  except (ImportError, AttributeError):  # a jax that moved them: its own choice, noise and all
+    return
+  if accelerator:
+    return
+  jax.config.update('jax_platforms', 'cpu')
 
 
 def _join_other_processes():
@@ -114,6 +133,7 @@ def main(argv):
     raise app.UsageError('pass a recipe: --config configs/demo.py')
   logging.getLogger().setLevel(logging.INFO)
   _quiet_libraries()
+  _skip_absent_tpu()
   _join_other_processes()
   config = _CONFIG.value
   try:

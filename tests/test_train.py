@@ -1,18 +1,11 @@
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import repo_module
 
-from lladax import demo, presets, saved_model
+from lladax import presets, saved_model
 from lladax.config import ConfigError
 from lladax.train import job as train
-
-
-def recipe(name):
-  return repo_module('configs', name).get_config()
 
 
 def tiny_recipe(tmp_path, **train_kw):
@@ -90,16 +83,3 @@ def test_data_errors_fail_at_start_up(tmp_path):
   c.model.vocab_size = 200
   with pytest.raises(ConfigError, match='vocab_size'):
     train.run(c)
-
-
-def test_demo_job_trains_samples_and_reports(tmp_path):
-  c = recipe('demo.py')
-  c.workdir = str(tmp_path)
-  c.train.update(steps=4, log_every=2)
-  c.demo_eval_examples = 8
-  report = demo.run(c)
-  assert report['chance'] == 0.2 and 0.0 <= report['accuracy'] <= 1.0
-  assert report['steps'] == 4 and len(report['samples']) == 8
-  saved = json.loads((tmp_path / 'demo_results.json').read_text())
-  assert saved['accuracy'] == report['accuracy']
-  assert all(s['prompt'].endswith('| key:') for s in saved['samples'])
