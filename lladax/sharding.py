@@ -274,7 +274,12 @@ def multihost_init(coordinator_address: str | None = None, num_processes: int | 
     return False
   if coordinator_address is None and not _multiprocess_environment():
     return False
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  # A vanished peer (kill -9) is noticed after the heartbeat timeout (JAX default 100 s);
+  # lladax.launch_local sets these shorter for jobs on one machine.
+  bounds = {name: int(os.environ[env]) for name, env in (
+      ('heartbeat_timeout_seconds', 'LLADAX_HEARTBEAT_TIMEOUT_S'),
+      ('shutdown_timeout_seconds', 'LLADAX_SHUTDOWN_TIMEOUT_S')) if os.environ.get(env)}
+  jax.distributed.initialize(coordinator_address, num_processes, process_id, **bounds)
   logging.info('process %d of %d, %d local devices of %d', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lladax.config import ConfigError
+from lladax.data import shards
 
 ITEMS = ('state', 'data', 'meta', 'checksums')
 # What a run stopped by SIGTERM exits with: 128 + SIGTERM, as if the signal had ended it, so a
@@ -119,7 +120,7 @@ class TrainCheckpoints:
         item_names=ITEMS)
 
   def save(self, step: int, state, data_state: dict | None) -> None:
-    data_state = data_state or {}
+    data_state = shards.gathered_state(data_state or {})   # every process's streams
     sums = {'state': array_checksums(state), 'data': digest(data_state),
             'meta': digest(self.meta)}
     self.manager.save(step, args=ocp.args.Composite(
