@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from lladax import jobs, sharding, train_checkpoint
+from lladax import jobs, multihost, sharding, train_checkpoint
 from lladax.config import ConfigError, check_override
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe file from configs/.')
@@ -120,6 +120,9 @@ def main(argv):
   except ConfigError as e:
     _fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
+    lost = multihost.lost_peer(e)
+    if lost:
+      multihost.exit_lost_peer(lost)
     full = _disk_full(e)
     if full is None:
       raise

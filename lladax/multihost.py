@@ -50,3 +50,37 @@ def gather_json(value) -> list:
   longest = int(np.max(multihost_utils.process_allgather(np.int32(len(text.encode())))))
   rows = multihost_utils.process_allgather(_as_bytes(text, longest))
   return [json.loads(np.asarray(row).tobytes().rstrip(b'\0').decode()) for row in rows]
+
+
+# What JAX raises in one process when another of the job vanished: a collective's transport
+# error (gloo, NCCL, ICI) or the coordination service's heartbeat and barrier errors.
+_PEER_LOST = ('Gloo', 'NCCL', 'Connection reset', 'Connection refused', 'heartbeat',
+              'coordination service', 'Barrier', 'UNAVAILABLE', 'DEADLINE_EXCEEDED')
+EXIT_PEER_LOST = 75   # EX_TEMPFAIL: another process failed; rerunning the job resumes it
+
+
+def lost_peer(error: BaseException) -> str | None:
+  """The first line of `error` when it says that another process of a multi-host job is gone."""
+  if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+    return None
+  text = str(error)
+  if not any(marker in text for marker in _PEER_LOST):
+    return None
+  return (text.strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def exit_lost_peer(detail: str) -> None:
+  """Ends this process at once with one line saying why. os._exit: the normal exit would wait in
+  jax.distributed's shutdown barrier for the dead process until the heartbeat timeout, then abort
+  with a page of C++ logs."""
+  import logging  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  print(f'lladax: process {jax.process_index()} of {jax.process_count()} stopped because another '
+        f'process of the job is gone ({detail}); find why in that process\'s log, then rerun '
+        'the same command on every host to resume from the last checkpoint.', file=sys.stderr)
+  for handler in logging.getLogger().handlers:
+    handler.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(EXIT_PEER_LOST)

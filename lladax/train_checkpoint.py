@@ -293,10 +293,14 @@ class Preemption:
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      # SIGTERM may reach one process only (this handler replaces the one jax's preemption
+      # notifier installed): all stop when any got it, else the others wait in the next step's
+      # collectives for a process that is saving. One tiny all-gather a step.
+      anyone = not _all_agree(not self._flag.is_set())
       try:
-        return bool(multihost_utils.reached_preemption_sync_point(step)) or self._flag.is_set()
+        return bool(multihost_utils.reached_preemption_sync_point(step)) or anyone
       except RuntimeError:  # no preemption sync manager (not initialised through distributed)
-        pass
+        return anyone
     return self._flag.is_set()
 
   def close(self) -> None:
