@@ -414,6 +414,12 @@ def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA,
       raise ValueError(f'{len(places)} shardings for {len(leaves)} parameters')
     abstract_params = jax.tree.unflatten(treedef, [
         jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) for a, s in zip(leaves, places)])
+  else:
+    # Whole on this process's first device: without a target, orbax restores the layout the
+    # writer had, which fails on another topology (a model trained by 2 processes, loaded in 1).
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_params)
   directory = _params_dir(path)
   with _reading_params(directory), ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(directory, abstract_params)
