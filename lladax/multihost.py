@@ -5,6 +5,9 @@ Every helper is a no-op (or the local value) in a single-process job, so callers
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 
 import jax
 import numpy as np
@@ -73,9 +76,6 @@ def exit_lost_peer(detail: str) -> None:
   """Ends this process at once with one line saying why. os._exit: the normal exit would wait in
   jax.distributed's shutdown barrier for the dead process until the heartbeat timeout, then abort
   with a page of C++ logs."""
-  import logging  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   print(f'lladax: process {jax.process_index()} of {jax.process_count()} stopped because another '
         f'process of the job is gone ({detail}); find why in that process\'s log, then rerun '
         'the same command on every host to resume from the last checkpoint.', file=sys.stderr)

@@ -70,11 +70,6 @@ class Streams:
             'process counts for a new run.')
       pipe.set_state(saved[str(k)])
 
-  def stats(self) -> dict:
-    got = [p.stats() for p in self._pipes.values()]
-    return {k: sum(g[k] for g in got) for k in got[0] if k not in (
-        'packing_efficiency', 'documents_per_row')}
-
   def close(self) -> None:
     for pipe in self._pipes.values():
       pipe.close()
