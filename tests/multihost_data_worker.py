@@ -13,7 +13,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lladax import main as main_lib, model_config, multihost, sharding, train_data, train_step  # noqa: E402
+from lladax import (main as main_lib, model_config, multihost, sharding,  # noqa: E402
+                    train_data, train_step)
 from lladax.config import from_section  # noqa: E402
 from lladax.data import global_batch, simple, tokenizers  # noqa: E402
 

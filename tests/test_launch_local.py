@@ -27,7 +27,8 @@ time.sleep(60 if mode != 'ok' else 0)
 def run(tmp_path, mode, *options):
   script = tmp_path / 'child.py'
   script.write_text(SCRIPT)
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=7 --foo')
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=7 --foo')
   start = time.monotonic()
   proc = subprocess.run([sys.executable, '-m', 'lladax.launch_local', '-n', '3', '-d', '2',
                          '--script', str(script), '--grace', '5', *options, '--', mode],
@@ -63,3 +64,21 @@ def test_a_timeout_stops_every_process(tmp_path):
 def test_exit_codes_read_as_a_shell_reports_them():
   assert launch_local.exit_code(-9) == 137 and launch_local.exit_code(143) == 143
   assert launch_local.describe(-9) == 'was killed by SIGKILL'
+
+
+def test_sigterm_to_the_launcher_reaches_every_process(tmp_path):
+  script = tmp_path / 'child.py'
+  script.write_text(SCRIPT)
+  proc = subprocess.Popen([sys.executable, '-m', 'lladax.launch_local', '-n', '2', '--script',
+                           str(script), '--', 'term'], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if sum(' process ' in l for l in seen) == 2:
+      break
+  proc.terminate()
+  out = ''.join(seen) + proc.communicate(timeout=30)[0]
+  assert proc.returncode == 143, out
+  assert 'passing SIGTERM to every process' in out and 'rerun to resume' in out

@@ -83,7 +83,8 @@ def started(args, log_dir, processes=2, devices=4) -> launch_local.Group:
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
-  assert proc.returncode == 0, f'exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+  assert proc.returncode == 0, (f'exit {proc.returncode}\n{proc.stdout[-3000:]}\n'
+                                f'{proc.stderr[-3000:]}')
   return proc.stdout + proc.stderr
 
 
