@@ -4,7 +4,7 @@ recipe in one process of 8 devices.
 
 Every run is a subprocess (the device count is fixed when JAX starts), so these tests are slow
 (~5 min on 2 cores) and marked `multihost`: `pytest -m multihost` runs them alone,
-`-m 'not multihost'` leaves them out. Losses are compared to rtol 1e-5: the same batches on the
+`-m 'not multihost'` leaves them out (and keeps the fast unit checks at the end). Losses are compared to rtol 1e-5: the same batches on the
 same logical mesh give bitwise equal losses here; a mesh split differently (fsdp 4 against
 data 2 x fsdp 2) reduces in another order.
 """
@@ -21,7 +21,6 @@ import pytest
 
 from lladax import launch_local
 
-pytestmark = pytest.mark.multihost
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
 DOCS = 48
@@ -125,6 +124,7 @@ def pair(tmp_path_factory, corpus):
   return workdir, ok(launched(recipe_args(workdir, corpus)))
 
 
+@pytest.mark.multihost
 def test_two_processes_train_like_one(reference, pair):
   workdir, output = pair
   assert '[p0] ' in output and '[p1] ' in output
@@ -135,12 +135,14 @@ def test_two_processes_train_like_one(reference, pair):
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'metrics.jsonl', 'model']
 
 
+@pytest.mark.multihost
 def test_each_document_is_read_by_exactly_one_process(corpus):
   script = os.path.join(ROOT, 'tests', 'multihost_data_worker.py')
   output = ok(launched([corpus, str(DOCS)], script=script, timeout=120))
   assert f'[p0] OK documents per process [{DOCS // 2}, {DOCS // 2}]' in output
 
 
+@pytest.mark.multihost
 def test_stops_and_kills_resume_across_topologies_with_the_same_losses(reference, corpus,
                                                                        tmp_path):
   """A 1-process checkpoint resumed on 2 processes; SIGTERM to one of them stops both with a
@@ -191,6 +193,7 @@ def test_stops_and_kills_resume_across_topologies_with_the_same_losses(reference
   assert (workdir / 'model' / 'checksums.json').exists()
 
 
+@pytest.mark.multihost
 def test_two_processes_as_two_slices_train_like_one(reference, corpus, tmp_path):
   args = recipe_args(tmp_path, corpus, '--config.mesh.dcn_data=2', '--config.mesh.fsdp=2',
                      '--config.mesh.slices=processes', '--config.train.steps=4',
@@ -211,6 +214,7 @@ def niah_args(model, workdir) -> list[str]:
           '--config.niah.steps=8', '--config.niah.gen_length=8', '--config.niah.block_length=8']
 
 
+@pytest.mark.multihost
 def test_eval_on_two_processes_writes_what_one_writes_once_and_resumes(pair, tmp_path):
   model = pair[0] / 'model'   # written by 2 processes, read by 1 and by 2
   ok(one_process(niah_args(model, tmp_path / 'one')))
@@ -234,3 +238,19 @@ def test_eval_on_two_processes_writes_what_one_writes_once_and_resumes(pair, tmp
 
 def cell_lines(path) -> list[str]:
   return [json.dumps(json.loads(line), sort_keys=True) for line in path.read_text().splitlines()]
+
+
+def test_only_process_0_writes_evaluation_files(tmp_path, monkeypatch):
+  """The other processes compute the same cells and keep them in memory: two writers of one file
+  would each rename their own copy over the other's."""
+  from lladax import multihost  # pylint: disable=import-outside-toplevel
+  from lladax.evals import runner  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(multihost.jax, 'process_index', lambda: 1)
+  store = runner.ResultStore(str(tmp_path / 'cells.jsonl'), {'a': 1})
+  store.add({'cell': 0}, {'score': 5})
+  store.close()
+  assert store.get({'cell': 0}) == {'score': 5}
+  runner.write_json(str(tmp_path / 'r.json'), {'x': 1})
+  runner.write_csv(str(tmp_path / 'r.csv'), [{'x': 1}])
+  assert runner.try_plot(lambda: str(tmp_path / 'p.png')) is None
+  assert os.listdir(tmp_path) == []
