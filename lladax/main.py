@@ -13,7 +13,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from lladax import jobs, sharding
+from lladax import jobs, multihost, sharding
 from lladax.config import ConfigError, check_override
 from lladax.train import checkpoints as train_checkpoint
 
@@ -141,6 +141,9 @@ def main(argv):
   except ConfigError as e:
     _fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
+    lost = multihost.lost_peer(e)
+    if lost:
+      multihost.exit_lost_peer(lost)
     full = _disk_full(e)
     if full is None:
       raise

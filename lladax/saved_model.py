@@ -37,7 +37,7 @@ import tensorstore as ts
 from etils import epath
 from flax import nnx
 
-from lladax import model as model_lib
+from lladax import model as model_lib, multihost
 from lladax.config import ConfigError, from_section
 from lladax.model_config import ModelConfig, RopeConfig, compute_overrides, resolve_rope
 
@@ -128,14 +128,24 @@ def staging(path: str, overwrite: bool, marker: str = CONFIG_FILE, setting: str 
   """
   path = os.path.abspath(path)
   _check_replaceable(path, overwrite, marker, setting)
-  _warn_leftovers(path)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  os.makedirs(tmp)
+  # Multi-host: every process writes its shards into one directory that process 0 names,
+  # creates and renames; the others wait for it at each step.
+  writer = multihost.is_writer()
+  if writer:
+    _warn_leftovers(path)
+  tmp = multihost.writers_text(f'{path}.tmp-{uuid.uuid4().hex[:8]}')
+  if writer:
+    os.makedirs(tmp)
+  multihost.barrier(f'created {tmp}')
   try:
     yield tmp
-    _replace(tmp, path)
+    multihost.barrier(f'wrote {tmp}')
+    if writer:
+      _replace(tmp, path)
+    multihost.barrier(f'renamed {tmp}')
   except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)  # ours; gone already if the rename happened
+    if writer:
+      shutil.rmtree(tmp, ignore_errors=True)  # ours; gone already if the rename happened
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
       raise ConfigError(f'the disk is full while writing {path}; free space there or choose '
                         'another output directory, then run the job again.') from None
@@ -287,8 +297,10 @@ def save_model(path: str, model: model_lib.LLaDA, extra: dict | None = None,
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, PARAMS_DIR), _nest(flat),
                  save_args=_nest({n: _save_args(n) for n in flat}))
-    _write_config(tmp, model.cfg, extra)
-    write_checksums(tmp)
+    multihost.barrier(f'saved the parameters of {path}')  # checksums cover every shard
+    if multihost.is_writer():
+      _write_config(tmp, model.cfg, extra)
+      write_checksums(tmp)
   return os.path.abspath(path)
 
 
@@ -402,6 +414,12 @@ def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA,
       raise ValueError(f'{len(places)} shardings for {len(leaves)} parameters')
     abstract_params = jax.tree.unflatten(treedef, [
         jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) for a, s in zip(leaves, places)])
+  else:
+    # Whole on this process's first device: without a target, orbax restores the layout the
+    # writer had, which fails on another topology (a model trained by 2 processes, loaded in 1).
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_params)
   directory = _params_dir(path)
   with _reading_params(directory), ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(directory, abstract_params)

@@ -208,7 +208,11 @@ def mesh_shape(cfg: MeshConfig, num_devices: int, num_slices: int = 1
   return ici, {a: dcn[f'dcn_{a}'] for a in AXES}
 
 
-def num_slices_of(devices) -> int:
+def num_slices_of(devices, slices: str = 'devices') -> int:
+  """How many slices `devices` span: by their slice_index (TPU; other devices have none and are
+  one slice), or with slices='processes' one per process (config.mesh.slices)."""
+  if slices == 'processes':
+    return len({d.process_index for d in devices})
   return len({getattr(d, 'slice_index', 0) or 0 for d in devices})
 
 
@@ -217,7 +221,7 @@ def check_sequence_split(cfg: MeshConfig, seq_len: int, where: str, devices=None
   does not divide `seq_len`: the attention kernels refuse it, but only inside a compiled step."""
   devices = list(jax.devices() if devices is None else devices)
   try:
-    ici, dcn = mesh_shape(cfg, len(devices), num_slices_of(devices))
+    ici, dcn = mesh_shape(cfg, len(devices), num_slices_of(devices, cfg.slices))
   except ConfigError:
     return  # sizes that do not fit the devices are refused where the job makes its mesh
   shards = ici[CONTEXT_AXIS] * dcn[CONTEXT_AXIS]
@@ -235,7 +239,7 @@ def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
   """
   from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
   devices = list(jax.devices() if devices is None else devices)
-  slices = num_slices_of(devices)
+  slices = num_slices_of(devices, cfg.slices)
   ici, dcn = mesh_shape(cfg, len(devices), slices)
   types = (AxisType.Auto,) * len(AXES)
   shape = tuple(ici[a] for a in AXES)
@@ -249,6 +253,7 @@ def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
       grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
       return jax.sharding.Mesh(grid, AXES, axis_types=types)
   grid = mesh_utils.create_hybrid_device_mesh(shape, [dcn[a] for a in AXES], devices,
+                                              process_is_granule=cfg.slices == 'processes',
                                               allow_split_physical_axes=True)
   return jax.sharding.Mesh(grid, AXES, axis_types=types)
 
@@ -274,7 +279,12 @@ def multihost_init(coordinator_address: str | None = None, num_processes: int | 
     return False
   if coordinator_address is None and not _multiprocess_environment():
     return False
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  # A vanished peer (kill -9) is noticed after the heartbeat timeout (JAX default 100 s);
+  # lladax.launch_local sets these shorter for jobs on one machine.
+  bounds = {name: int(os.environ[env]) for name, env in (
+      ('heartbeat_timeout_seconds', 'LLADAX_HEARTBEAT_TIMEOUT_S'),
+      ('shutdown_timeout_seconds', 'LLADAX_SHUTDOWN_TIMEOUT_S')) if os.environ.get(env)}
+  jax.distributed.initialize(coordinator_address, num_processes, process_id, **bounds)
   logging.info('process %d of %d, %d local devices of %d', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
@@ -297,6 +307,10 @@ class MeshConfig:
   dcn_context: int = 1
   dcn_tensor: int = 1
   rules: tuple[str, ...] = DEFAULT_RULES
+  # What a slice is: 'devices' as the hardware says (a TPU's slice_index; CPUs and GPUs have none,
+  # so all are one slice) | 'processes': each process one slice, so hosts stand in for slices
+  # (a multi-slice recipe tried with lladax.launch_local, or DCN-style axes across GPU hosts).
+  slices: str = 'devices'
 
   def __post_init__(self):
     for prefix in ('', 'dcn_'):
@@ -308,3 +322,5 @@ class MeshConfig:
         raise ConfigError(f'config.mesh sets more than one {prefix or "ICI "}size to -1; let only '
                           'one axis fill the remaining devices.')
     parse_rules(self.rules)
+    if self.slices not in ('devices', 'processes'):
+      raise ConfigError(f"config.mesh.slices={self.slices!r} is not 'devices' or 'processes'.")

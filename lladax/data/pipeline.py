@@ -89,6 +89,7 @@ def build(cfg: PipelineConfig, tokenizer, *, eos_id: int | None, bos_id: int | N
                      ids=[eos_id, bos_id, pad_id, eod_id])
   for key in ('read_threads', 'log_every'):   # they change speed and logs, not the batches
     fingerprint.pop(key)
+  fingerprint.pop('shards')   # a stream is named by process_index / process_count
   return Pipeline(cfg, rows.batch(cfg.batch_size), tally, pad_id=pad_id, fingerprint=fingerprint)
 
 
@@ -195,6 +196,9 @@ class PipelineConfig:
   read_threads: int = 4       # threads reading and tokenizing documents (results stay in order)
   packing_bins: int = 8       # first_fit / best_fit: rows packed together (more: less padding)
   log_every: int = 100        # batches between statistics lines; 0: only when the data ends
+  shards: int = 0             # document streams the global batch is drawn from (shards.py); 0:
+                              # one per process. A multiple of every process count the job runs
+                              # on gives the same batches (and resumes) on any of them
 
   def __post_init__(self):
     choice(self.packing, packing.STRATEGIES, 'config.pipeline.packing')

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from lladax import files
+from lladax import files, multihost
 from lladax.config import ConfigError, Recipe, refuse_other_settings
 from lladax.evals.eval_settings import EvalConfig
 
@@ -38,8 +38,10 @@ class ResultStore:
     self.results: dict[str, dict] = {}
     if resume and os.path.exists(path):
       self._read()
-    self._rewrite()
-    self._file = open(path, 'a', encoding='utf-8')
+    self._file = None
+    if multihost.is_writer():  # every process computes every cell; process 0 keeps them
+      self._rewrite()
+      self._file = open(path, 'a', encoding='utf-8')
 
   def _read(self):
     with open(self.path, encoding='utf-8') as f:
@@ -80,14 +82,16 @@ class ResultStore:
 
   def add(self, key: dict, result: dict) -> None:
     result = _jsonable(result)
-    # One write of one whole line, flushed to disk: a kill leaves at most a torn last line.
-    self._file.write(json.dumps({'key': key, 'result': result}) + '\n')
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    if self._file:
+      # One write of one whole line, flushed to disk: a kill leaves at most a torn last line.
+      self._file.write(json.dumps({'key': key, 'result': result}) + '\n')
+      self._file.flush()
+      os.fsync(self._file.fileno())
     self.results[canonical(key)] = result
 
   def close(self):
-    self._file.close()
+    if self._file:
+      self._file.close()
 
 
 def run_cells(cells: Sequence[dict], store: ResultStore, compute: Callable[[list[dict]], list],
@@ -127,12 +131,16 @@ def output_paths(recipe: Recipe, ecfg: EvalConfig, job: str) -> dict[str, str]:
 
 
 def write_json(path: str, value) -> None:
+  if not multihost.is_writer():   # output files are written once, by process 0
+    return
   files.write_json(path, _jsonable(value), indent=2, ensure_ascii=False)
 
 
 def write_csv(path: str, rows: Iterable[dict]) -> None:
   import csv  # pylint: disable=import-outside-toplevel
   rows = list(rows)
+  if not multihost.is_writer():
+    return
   with files.replacing(path, newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
     writer.writeheader()
@@ -141,6 +149,8 @@ def write_csv(path: str, rows: Iterable[dict]) -> None:
 
 def try_plot(fn: Callable, *args, **kwargs) -> str | None:
   """Draws with matplotlib when it is installed; the numbers are in the JSON either way."""
+  if not multihost.is_writer():
+    return None
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:

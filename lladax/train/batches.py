@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from lladax.config import ConfigError, Recipe
-from lladax.data import config as data_config, pipeline as pipeline_lib, simple
+from lladax.data import config as data_config, shards, simple
 
 
 class Replayed:
@@ -63,8 +63,10 @@ class FromPipeline:
     return self._pipe.get_state()
 
   def set_state(self, state: dict) -> None:
-    if not isinstance(state, dict) or not {'grain', 'settings', 'packed'} <= set(state):
-      raise invalid_state(state, "the Grain pipeline's 'grain', 'settings' and 'packed'")
+    if not isinstance(state, dict) or not ({'grain', 'settings', 'packed'} <= set(state) or
+                                           isinstance(state.get('shards'), dict)):
+      raise invalid_state(state, "the Grain pipeline's 'shards' (or 'grain', 'settings' and "
+                          "'packed')")
     self._pipe.set_state(state)
 
   def close(self) -> None:
@@ -104,10 +106,9 @@ def open_batches(recipe: Recipe, dcfg: data_config.DataConfig, tokenizer, mcfg, 
     if pcfg.seq_len != dcfg.seq_len:
       raise ConfigError(f'config.{section}.seq_len={pcfg.seq_len} (set in the recipe) differs '
                         f'from config.data.seq_len={dcfg.seq_len}; set them equal.')
-    pcfg = pipeline_lib.PipelineConfig(**{**pcfg.__dict__, 'batch_size': rows})
-    return FromPipeline(pipeline_lib.build(
-        pcfg, tokenizer, eos_id=mcfg.eos_token_id, bos_id=mcfg.bos_token_id,
-        pad_id=mcfg.pad_token_id, process_index=index, process_count=count))
+    return FromPipeline(shards.open_streams(
+        pcfg, tokenizer, rows=rows, index=index, count=count, eos_id=mcfg.eos_token_id,
+        bos_id=mcfg.bos_token_id, pad_id=mcfg.pad_token_id))
   if count > 1:
     raise ConfigError(f"config.data.source={dcfg.source!r} is a single-host generator; use "
                       "config.data.source='pipeline' with config.pipeline for multi-host runs.")

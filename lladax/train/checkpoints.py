@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lladax.config import ConfigError, refuse_other_settings
+from lladax.data import shards
 
 ITEMS = ('state', 'data', 'meta', 'checksums')
 # What a run stopped by SIGTERM exits with: 128 + SIGTERM, as if the signal had ended it, so a
@@ -120,7 +121,7 @@ class TrainCheckpoints:
         item_names=ITEMS)
 
   def save(self, step: int, state, data_state: dict | None) -> None:
-    data_state = data_state or {}
+    data_state = shards.gathered_state(data_state or {})   # every process's streams
     sums = {'state': array_checksums(state), 'data': digest(data_state),
             'meta': digest(self.meta)}
     self.manager.save(step, args=ocp.args.Composite(
@@ -290,10 +291,15 @@ class Preemption:
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+      # SIGTERM may reach one process only (this handler replaces the one jax's preemption
+      # notifier installed): all stop when any got it, else the others wait in the next step's
+      # collectives for a process that is saving. One tiny all-gather a step.
+      anyone = not _all_agree(not self._flag.is_set())
       try:
-        return bool(multihost_utils.reached_preemption_sync_point(step)) or self._flag.is_set()
+        return bool(multihost_utils.reached_preemption_sync_point(step)) or anyone
       except RuntimeError:  # no preemption sync manager (not initialised through distributed)
-        pass
+        return anyone
     return self._flag.is_set()
 
   def close(self) -> None:

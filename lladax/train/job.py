@@ -157,7 +157,8 @@ def run(config) -> dict:
   with train_checkpoint.Preemption() as preempted:
     with contextlib.ExitStack() as cleanup:
       try:
-        with preempted.waiting():
+        # Several processes stop together after a step (Preemption.reached), never alone.
+        with preempted.waiting(jax.process_count() == 1):
           job = prepare(parse(config), cleanup)
       except train_checkpoint.Preempted:
         logging.warning('stopped by SIGTERM before training began; rerun the same command to '
