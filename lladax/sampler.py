@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lladax import sampler_cache
 from lladax.config import ConfigError, choice, from_section
 
 REMASKING = ('low_confidence', 'random')
@@ -65,9 +66,15 @@ class SamplerConfig:
   # assignment hits EOS in the Gumbel-noised copy, which no longer feeds the confidence).
   # No effect with remasking='random'.
   defer_eos_eot: bool = False
+  # The cached sampler for long prompts (lladax/sampler_cache.py): 'none' (exact), 'prompt' or
+  # 'dual', its keys and values recomputed once per 'generation', 'block' or 'step'. Approximate:
+  # an eval job records any cache as a deviation from its protocol.
+  cache: str = 'none'
+  cache_refresh: str = 'block'
 
   def __post_init__(self):
     choice(self.remasking, REMASKING, 'config.sample.remasking')
+    sampler_cache.check(self.cache, self.cache_refresh)
     choice(self.mask_prediction, MASK_PREDICTION, 'config.sample.mask_prediction')
     if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
       raise ConfigError('config.sample.gen_length, block_length and steps must be positive.')
@@ -199,6 +206,13 @@ def sample(net: Network | WindowFn, prompt: jax.Array, key: jax.Array, cfg: Samp
     hidden_prompt &= x != mask_id
   banned = tuple(suppress_ids) + ((mask_id,) if cfg.mask_prediction == 'ban' else ())
   banned, defer_ids = tuple(sorted(set(banned))), tuple(sorted(set(defer_ids)))
+  if cfg.cache != 'none':
+    if not sampler_cache.supports(net):
+      raise ValueError(f'config.sample.cache={cfg.cache!r} needs a LLaDA module as the network, '
+                       "not a window function; pass the model or use cache='none'.")
+    sampler_cache.check_prompt(infill)
+    return sampler_cache.sample(net, prompt, key, cfg, mask_id=mask_id, prompt_mask=prompt_mask,
+                                banned=banned, defer_ids=defer_ids, uncond_hidden=hidden_prompt)
   if cfg.cfg_scale > 0:
     positions, segment_ids = (jnp.concatenate([a, a]) for a in (positions, segment_ids))
 

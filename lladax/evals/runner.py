@@ -274,6 +274,8 @@ def setup(config, ecfg: EvalConfig, generator: Generator | None = None,
   or the job's oracle with config.eval.oracle (then the tokenizer comes from config.tokenizer).
   `info` records the protocol, its generation settings and the recipe's deviations from them."""
   generation, deviations = protocols.generation(protocol, ecfg, config.get('model'))
+  if config.get('sample') is not None:
+    deviations += protocols.cache_deviations(sampler.from_config(config))
   record = {'protocol': protocol, 'generation': dataclasses.asdict(generation),
             'deviations': deviations}
   if deviations:
