@@ -105,6 +105,15 @@ def from_config(config) -> SamplerConfig:
   return from_section(SamplerConfig, section, 'config.sample')
 
 
+def settings(cfg: SamplerConfig) -> dict:
+  """cfg as the results files record it; the cache settings only when a cache is on, so that
+  results made before the cache existed still resume."""
+  out = dataclasses.asdict(cfg)
+  if cfg.cache == 'none':
+    del out['cache'], out['cache_refresh']
+  return out
+
+
 def transfer_schedule(block_length: int, steps_per_block: int) -> np.ndarray:
   """Tokens revealed at each step of a block: an even split, the remainder to the first steps."""
   base, rem = divmod(block_length, steps_per_block)

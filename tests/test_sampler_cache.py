@@ -112,4 +112,6 @@ def test_the_recipe_sets_the_cache_and_eval_jobs_record_it(tmp_path):
   assert (scfg.cache, scfg.cache_refresh) == ('prompt', 'generation')
   result = niah.run(c)
   assert result['sampler']['cache'] == 'prompt'
+  # Without a cache the results files record the sampler as before, so older runs resume.
+  assert 'cache' not in sampler.settings(SamplerConfig())
   assert any(d.startswith("config.sample.cache='prompt'") for d in result['deviations'])

@@ -38,6 +38,7 @@ import re
 
 import numpy as np
 
+from lladax import sampler
 from lladax.config import ConfigError, choice, from_section
 from lladax.evals import haystack, metrics, oracles, plots, protocols, runner
 
@@ -593,7 +594,7 @@ def run(config, generator: runner.Generator | None = None) -> dict:
       cfg.gen_length, cfg.block_length, cfg.resolved('steps'), 'config.niah'))
   if cfg.paper:
     info = runner.note_deviations(info, paper_deviations(cfg, scfg), 'NIAH')
-  settings = dict(info, sampler=dataclasses.asdict(scfg), **settings)
+  settings = dict(info, sampler=sampler.settings(scfg), **settings)
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
 
   def compute(batch):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from lladax import sampler
 from lladax.config import ConfigError, choice, from_section
 from lladax.evals import haystack, metrics, oracles, plots, protocols, runner, ruler_tasks
 from lladax.evals import ruler_opencompass as oc
@@ -227,7 +228,7 @@ def run_lladax(config, cfg: RulerConfig, generator: runner.Generator | None) -> 
         cfg.gen_length or budget, cfg.block_length, cfg.steps, 'config.ruler'))
 
   settings = dict(info, counted_in=counted_in, seed=cfg.seed,
-                  sampler={t: dataclasses.asdict(decode(t)) for t in ruler_tasks.TASKS})
+                  sampler={t: sampler.settings(decode(t)) for t in ruler_tasks.TASKS})
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
   builder = Builder(cfg, res, counter)
   cells = cells_of(cfg, tasks, lengths, len(res.pool))
@@ -365,7 +366,7 @@ def run_paper(config, cfg: RulerConfig, generator: runner.Generator | None) -> d
                   tokenizer_model=TOKENIZER_MODEL[cfg.protocol], wonderwords=mat.words.version,
                   answer_turn=turn, seed=cfg.seed,
                   abbr={t: spec['abbr'] for t, (_, spec) in oc.TASKS.items()},
-                  sampler={t: dataclasses.asdict(decode(t)) for t in oc.TASKS})
+                  sampler={t: sampler.settings(decode(t)) for t in oc.TASKS})
   store = runner.ResultStore(paths['cells'], settings, ecfg.resume)
   drawn = PaperSamples(cfg, counter, mat)
 
