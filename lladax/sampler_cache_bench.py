@@ -106,6 +106,9 @@ def main(argv=None):
   p.add_argument('--lengths', default='2048,8192,16384', help='prompt lengths to time')
   p.add_argument('--steps', default='16,32', help='sampler steps to time')
   p.add_argument('--rounds', type=int, default=2, help='alternating uncached/cached pairs')
+  p.add_argument('--uncached_steps', type=int, default=0,
+                 help='time the uncached sampler over this many steps and scale it to each '
+                      'step count (each of its steps is one full forward pass); 0: all steps')
   p.add_argument('--skip_accuracy', action='store_true')
   args = p.parse_args(argv)
   model, _ = checkpoint.load_model(args.model, attention_kernel=args.kernel,
@@ -129,8 +132,11 @@ def main(argv=None):
       name = 'uncached' if cache == 'none' else f'{cache}, refresh per {refresh}'
       print(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in per) + f' | {overall:.1f} |')
 
+  scaled = (f'; uncached timed over {args.uncached_steps} steps and scaled to the step count'
+            if args.uncached_steps else '')
   print(f'\nWall time (s) of one generation, batch 1, gen_length 32, block 32; median of '
-        f'{args.rounds} alternating runs; speed-up = uncached / cached per neighbouring pair')
+        f'{args.rounds} alternating runs; speed-up = uncached / cached per neighbouring pair'
+        f'{scaled}')
   print('| prompt | steps | uncached | ' + ' | '.join(
       f'{c} ({r}) | speed-up' for c, r in caches) + ' |')
   print('|---' * (3 + 2 * len(caches)) + '|')
@@ -138,7 +144,9 @@ def main(argv=None):
     tokens = haystack(tok, length, seed=length)
     for steps in [int(s) for s in args.steps.split(',')]:
       base = sampler.SamplerConfig(gen_length=32, block_length=32, steps=steps)
-      runs = [timer(model, tokens, base)] + [
+      n = args.uncached_steps or steps
+      uncached = timer(model, tokens, dataclasses.replace(base, steps=n))
+      runs = [lambda: uncached() * steps / n] + [
           timer(model, tokens, dataclasses.replace(base, cache=c, cache_refresh=r))
           for c, r in caches]
       times = [[] for _ in runs]
