@@ -67,14 +67,16 @@ class SamplerConfig:
   # No effect with remasking='random'.
   defer_eos_eot: bool = False
   # The cached sampler for long prompts (lladax/sampler_cache.py): 'none' (exact), 'prompt' or
-  # 'dual', its keys and values recomputed once per 'generation', 'block' or 'step'. Approximate:
+  # 'dual', its keys and values recomputed once per 'generation', 'block' or 'step', and the
+  # prompt's last cache_recompute tokens at every step. Approximate:
   # an eval job records any cache as a deviation from its protocol.
   cache: str = 'none'
   cache_refresh: str = 'block'
+  cache_recompute: int = 0          # the prompt's last tokens recomputed at every step
 
   def __post_init__(self):
     choice(self.remasking, REMASKING, 'config.sample.remasking')
-    sampler_cache.check(self.cache, self.cache_refresh)
+    sampler_cache.check(self.cache, self.cache_refresh, self.cache_recompute)
     choice(self.mask_prediction, MASK_PREDICTION, 'config.sample.mask_prediction')
     if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
       raise ConfigError('config.sample.gen_length, block_length and steps must be positive.')
@@ -110,7 +112,7 @@ def settings(cfg: SamplerConfig) -> dict:
   results made before the cache existed still resume."""
   out = dataclasses.asdict(cfg)
   if cfg.cache == 'none':
-    del out['cache'], out['cache_refresh']
+    del out['cache'], out['cache_refresh'], out['cache_recompute']
   return out
 
 

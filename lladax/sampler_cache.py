@@ -17,6 +17,10 @@ attention would let it do: that is the approximation.
                                 'step'        one at every step: as exact as the uncached
                                               sampler, and slower; for tests
 
+config.sample.cache_recompute = N recomputes the prompt's last N tokens at every step with the
+window (the window starts N tokens earlier), so that a question at the end of the prompt, which
+the answer's tokens read, sees them as they are decoded.
+
 With 'dual' only the current block's masks are candidates (a mask left in an earlier block by
 mask_prediction='allow' stays masked); 'prompt' keeps the uncached sampler's candidates and its
 random streams. A prompt that holds mask tokens (infilling) is refused: its positions are outside
@@ -36,10 +40,16 @@ CACHES = ('none', 'prompt', 'dual')
 REFRESH = ('generation', 'block', 'step')
 
 
-def check(cache: str, refresh: str) -> None:
+def check(cache: str, refresh: str, recompute: int) -> None:
   """ConfigError for a cache setting the sampler cannot run."""
   choice(cache, CACHES, 'config.sample.cache')
   choice(refresh, REFRESH, 'config.sample.cache_refresh')
+  if recompute < 0:
+    raise ConfigError(f'config.sample.cache_recompute={recompute} is negative; use 0 or a number '
+                      'of prompt tokens.')
+  if recompute and cache == 'none':
+    raise ConfigError(f'config.sample.cache_recompute={recompute} applies only with a cache; set '
+                      "config.sample.cache='prompt' or 'dual', or cache_recompute=0.")
   if cache == 'dual' and refresh == 'generation':
     raise ConfigError("config.sample.cache='dual' with cache_refresh='generation' would never let "
                       "a step see the blocks decoded before it; use cache_refresh='block'.")
@@ -106,7 +116,9 @@ def sample(model, prompt, key, cfg, *, mask_id: int, prompt_mask, banned: tuple[
     return jnp.concatenate([x, jnp.where(uncond_hidden, mask_id, x)]) if guided else x
 
   schedule = jnp.asarray(sampler.transfer_schedule(bl, spb))
-  width = gen if cfg.cache == 'prompt' else bl
+  # The prompt's last `lead` tokens (a NIAH prompt's question) are recomputed with the window.
+  lead = min(cfg.cache_recompute, plen)
+  width = (gen if cfg.cache == 'prompt' else bl) + lead
   # The LM head's part of the window: the current block, or with 'allow' (and the generated
   # region as window) every block up to it, one block at a time as the uncached sampler does.
   chunked = cfg.cache == 'prompt' and cfg.mask_prediction == 'allow'
@@ -137,11 +149,12 @@ def sample(model, prompt, key, cfg, *, mask_id: int, prompt_mask, banned: tuple[
     else:
       first = i == 0 if cfg.cache_refresh == 'generation' else i % spb == 0
       cache = jax.lax.cond(first, refresh, lambda x, c: c, x, cache)
-    start = plen if cfg.cache == 'prompt' else plen + block * bl
+    start = (plen if cfg.cache == 'prompt' else plen + block * bl) - lead
     hidden, _ = forward(model, window_of(inputs(x), start), window_of(positions, start),
                         window_of(segment_ids, start), cache, start, segment_ids, False)
     window = window_of(x, start)
     if chunked:
+      window, hidden = window[:, lead:], hidden[:, lead:]
       candidate = (window == mask_id) & (jnp.arange(gen) < (block + 1) * bl)[None]
       b2, d = hidden.shape[0], hidden.shape[-1]
       x0, confidence = jax.lax.map(
@@ -151,8 +164,8 @@ def sample(model, prompt, key, cfg, *, mask_id: int, prompt_mask, banned: tuple[
       x0, confidence = (a.swapaxes(0, 1).reshape(b, gen) for a in (x0, confidence))
       reveal = sampler._reveal(confidence, candidate, schedule[i % spb])
       window = jnp.where(reveal, x0.astype(x.dtype), window)
-      return jax.lax.dynamic_update_slice_in_dim(x, window, start, axis=1), key, cache
-    offset = block * bl if cfg.cache == 'prompt' else 0   # the current block in the window
+      return jax.lax.dynamic_update_slice_in_dim(x, window, start + lead, axis=1), key, cache
+    offset = lead + (block * bl if cfg.cache == 'prompt' else 0)   # the current block
     current = jax.lax.dynamic_slice_in_dim(window, offset, bl, axis=1)
     logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, offset, bl, axis=1))
     x0, confidence = sampler._predictions(sampler._guided(logits, cfg, b), key_noise, cfg,

@@ -5,6 +5,7 @@
 `--model` is a model folder from the train job, e.g. the demo's
 (`python -m lladax.main --config configs/demo.py --config.workdir=/tmp/h20demo`).
 
+Samplers are named cache, cache_refresh[, last cache_recompute] (lladax/sampler_cache.py).
 Accuracy: needle retrieval as the demo trains it ("q:38 key:52 c:05 | key:" -> "52"), on a grid
 of context sizes (key-value pairs) and needle depths (the needle's index among them), the same
 records decoded without and with each cache, with the demo's sampler settings.
@@ -99,11 +100,12 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--model', required=True, help='a model folder (e.g. the demo workdir/model)')
   p.add_argument('--kernel', default='blockwise', help='attention kernel for both samplers')
-  p.add_argument('--caches', default='prompt:generation,dual:block',
-                 help='cache:cache_refresh pairs to compare with the uncached sampler')
+  p.add_argument('--caches', default='prompt:generation,prompt:generation:8,dual:block',
+                 help='cache:cache_refresh[:cache_recompute] settings to compare with the '
+                      'uncached sampler')
   p.add_argument('--pairs', default='2,3,4', help='context sizes of the accuracy grid')
   p.add_argument('--repeats', type=int, default=40, help='records per accuracy grid cell')
-  p.add_argument('--lengths', default='2048,8192,16384', help='prompt lengths to time')
+  p.add_argument('--lengths', default='2048,8192,16384', help="prompt lengths to time ('': none)")
   p.add_argument('--steps', default='16,32', help='sampler steps to time')
   p.add_argument('--rounds', type=int, default=2, help='alternating uncached/cached pairs')
   p.add_argument('--uncached_steps', type=int, default=0,
@@ -114,7 +116,10 @@ def main(argv=None):
   model, _ = checkpoint.load_model(args.model, attention_kernel=args.kernel,
                                    attention_options=())
   tok = tokenizers.ByteTokenizer()
-  caches = [tuple(c.split(':')) for c in args.caches.split(',')]
+  caches = [(c.split(':') + ['0'])[:3] for c in args.caches.split(',')]
+  caches = [dict(cache=c, cache_refresh=r, cache_recompute=int(n)) for c, r, n in caches]
+  names = [f"{c['cache']}, {c['cache_refresh']}" + (
+      f", last {c['cache_recompute']}" if c['cache_recompute'] else '') for c in caches]
   demo = sampler.SamplerConfig(gen_length=4, block_length=4, steps=4)
   print(f'model {args.model}: d_model {model.cfg.d_model}, {model.cfg.n_layers} layers, '
         f'kernel {args.kernel}, backend {jax.default_backend()}')
@@ -125,30 +130,31 @@ def main(argv=None):
           f'{args.repeats} records, gen_length 4, block 4, steps 4')
     print('| sampler | ' + ' | '.join(f'{n} pairs' for n in pairs) + ' | all |')
     print('|---' * (len(pairs) + 2) + '|')
-    for cache, refresh in [('none', 'block')] + caches:
-      cfg = dataclasses.replace(demo, cache=cache, cache_refresh=refresh)
+    for name, cache in [('uncached', {})] + list(zip(names, caches)):
+      cfg = dataclasses.replace(demo, **cache)
       overall, cells = accuracy(model, tok, cfg, pairs, args.repeats, seed=0)
       per = [np.mean([v for (n, _), v in cells.items() if n == m]) for m in pairs]
-      name = 'uncached' if cache == 'none' else f'{cache}, refresh per {refresh}'
       print(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in per) + f' | {overall:.1f} |')
 
+  lengths = [int(n) for n in args.lengths.split(',') if n]
+  if not lengths:
+    return
   scaled = (f'; uncached timed over {args.uncached_steps} steps and scaled to the step count'
             if args.uncached_steps else '')
   print(f'\nWall time (s) of one generation, batch 1, gen_length 32, block 32; median of '
         f'{args.rounds} alternating runs; speed-up = uncached / cached per neighbouring pair'
         f'{scaled}')
   print('| prompt | steps | uncached | ' + ' | '.join(
-      f'{c} ({r}) | speed-up' for c, r in caches) + ' |')
+      f'{n} | speed-up' for n in names) + ' |')
   print('|---' * (3 + 2 * len(caches)) + '|')
-  for length in [int(n) for n in args.lengths.split(',')]:
+  for length in lengths:
     tokens = haystack(tok, length, seed=length)
     for steps in [int(s) for s in args.steps.split(',')]:
       base = sampler.SamplerConfig(gen_length=32, block_length=32, steps=steps)
       n = args.uncached_steps or steps
       uncached = timer(model, tokens, dataclasses.replace(base, steps=n))
       runs = [lambda: uncached() * steps / n] + [
-          timer(model, tokens, dataclasses.replace(base, cache=c, cache_refresh=r))
-          for c, r in caches]
+          timer(model, tokens, dataclasses.replace(base, **c)) for c in caches]
       times = [[] for _ in runs]
       for _ in range(args.rounds):
         for i, run in enumerate(runs):

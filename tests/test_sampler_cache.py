@@ -40,17 +40,22 @@ def run(net, cfg, key=0):
 
 @pytest.mark.parametrize('kernel, options, cache, settings', [
     ('reference', {}, 'prompt', dict(mask_prediction='ban')),
-    ('reference', {}, 'prompt', dict(mask_prediction='allow', temperature=0.7)),
+    ('reference', {}, 'prompt', dict(mask_prediction='allow', temperature=0.7,
+                                     cache_recompute=5)),
     ('reference', {}, 'dual', dict(cfg_scale=1.5, remasking='random', temperature=0.5)),
     ('blockwise', dict(block_q=4, block_kv=8), 'prompt', dict(suppress_eos=True)),
-    ('blockwise', dict(block_q=4, block_kv=8), 'dual', dict(defer_eos_eot=True)),
+    ('blockwise', dict(block_q=4, block_kv=8), 'dual', dict(defer_eos_eot=True,
+                                                            cache_recompute=3)),
 ])
 def test_a_cache_refreshed_every_step_decodes_as_the_uncached_sampler(kernel, options, cache,
                                                                       settings):
   net = model(kernel, **options)
+  settings = dict(settings)
+  recompute = settings.pop('cache_recompute', 0)
   cfg = SamplerConfig(gen_length=12, block_length=4, steps=6, **settings)
   exact = run(net, cfg)
-  cached = run(net, dataclasses.replace(cfg, cache=cache, cache_refresh='step'))
+  cached = run(net, dataclasses.replace(cfg, cache=cache, cache_refresh='step',
+                                        cache_recompute=recompute))
   np.testing.assert_array_equal(cached, exact)
   assert not (exact[:, -12:] == MASK).all()
 
@@ -74,10 +79,11 @@ def test_the_window_attends_to_the_cache_as_the_full_pass_does():
   assert np.abs(np.asarray(window((tokens + 1) % 60) - full[:, 9:17])).max() > 1e-3
 
 
-@pytest.mark.parametrize('cache, refresh', [('prompt', 'generation'), ('prompt', 'block'),
-                                            ('dual', 'block')])
-def test_the_cached_sampler_decodes_every_position(cache, refresh):
-  cfg = SamplerConfig(gen_length=12, block_length=4, steps=6, cache=cache, cache_refresh=refresh)
+@pytest.mark.parametrize('cache, refresh, recompute', [
+    ('prompt', 'generation', 0), ('prompt', 'block', 30), ('dual', 'block', 4)])
+def test_the_cached_sampler_decodes_every_position(cache, refresh, recompute):
+  cfg = SamplerConfig(gen_length=12, block_length=4, steps=6, cache=cache, cache_refresh=refresh,
+                      cache_recompute=recompute)
   out = run(model(), cfg)
   assert not (out[:, -12:] == MASK).any()
 
@@ -86,6 +92,8 @@ def test_the_cached_sampler_decodes_every_position(cache, refresh):
     (dict(cache='full'), "config.sample.cache='full' is not one of 'none', 'prompt', 'dual'."),
     (dict(cache='prompt', cache_refresh='often'), 'config.sample.cache_refresh='),
     (dict(cache='dual', cache_refresh='generation'), "use cache_refresh='block'"),
+    (dict(cache='prompt', cache_recompute=-1), 'cache_recompute=-1 is negative'),
+    (dict(cache_recompute=8), 'applies only with a cache'),
 ])
 def test_a_bad_cache_setting_is_one_sentence(settings, words):
   with pytest.raises(ConfigError) as e:

@@ -78,8 +78,8 @@ def cache_deviations(sample) -> list[str]:
   cache is approximate (the prompt does not see the answer change between refreshes)."""
   if sample is None or sample.cache == 'none':
     return []
-  return [f'config.sample.cache={sample.cache!r} with cache_refresh={sample.cache_refresh!r} '
-          "(every protocol: 'none'; approximate)"]
+  return [f'config.sample.cache={sample.cache!r} with cache_refresh={sample.cache_refresh!r} and '
+          f"cache_recompute={sample.cache_recompute} (every protocol: 'none'; approximate)"]
 
 
 def check(name: str, where: str) -> str:
