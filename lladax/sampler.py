@@ -23,7 +23,9 @@ Cost: the network runs over the whole sequence each step, but the LM head only o
 that can be candidates. When nothing but the current block can hold a mask ('ban' and a prompt
 without masks) that is the current window; otherwise the prompt's mask positions (their count
 per row is a static, bucketed shape) and the generated region, one block at a time and only for
-blocks that still hold a candidate.
+blocks that still hold a candidate. With config.sample.cache (off by default, approximate) the
+network runs over the decoded window only, against cached keys and values of the rest
+(lladax/sampler_cache.py).
 """
 from __future__ import annotations
 
