@@ -75,8 +75,11 @@ BLOCK_PARAMS = ('attn_norm', 'q_proj', 'k_proj', 'v_proj', 'attn_out', 'ff_norm'
 
 
 def block(p: dict, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-          cfg: ModelConfig) -> jax.Array:
-  """One LLaDA block on x [B, T, D] with this layer's parameters `p` (no 'layers' axis)."""
+          cfg: ModelConfig, keys_values=None) -> jax.Array:
+  """One LLaDA block on x [B, T, D] with this layer's parameters `p` (no 'layers' axis).
+
+  `keys_values`, if given, maps this block's (k, v) to the (k, v, kv_segment_ids) its queries
+  attend to: the cached sampler (lladax/sampler_cache.py) puts them into the prompt's cache."""
   dt = x.dtype
   w = {k: v.astype(dt) for k, v in p.items()}
   x = sharding.constrain(x, sharding.RESIDUAL)
@@ -89,7 +92,11 @@ def block(p: dict, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
   q = sharding.constrain(q, sharding.QUERY)
   k = sharding.constrain(k, sharding.KEY_VALUE)
   v = sharding.constrain(v, sharding.KEY_VALUE)
-  o = attention(q, k, v, segment_ids, kernel=cfg.attention_kernel, **cfg.attention_kwargs)
+  kv_segment_ids = None
+  if keys_values is not None:
+    k, v, kv_segment_ids = keys_values(k, v)
+  o = attention(q, k, v, segment_ids, kv_segment_ids, kernel=cfg.attention_kernel,
+                **cfg.attention_kwargs)
   o = checkpoint_name(sharding.constrain(o, sharding.QUERY), 'context')
   x = x + jnp.einsum('bthk,hkd->btd', o, w['attn_out'])
   h = rms_norm(x, w['ff_norm'], cfg.rms_norm_eps)

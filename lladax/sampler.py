@@ -24,7 +24,9 @@ Cost: the network runs over the whole sequence each step, but the LM head only o
 that can be candidates. When nothing but the current block can hold a mask ('ban' and a prompt
 without masks) that is the current window; otherwise the prompt's mask positions (their count
 per row is a static, bucketed shape) and the generated region, one block at a time and only for
-blocks that still hold a candidate.
+blocks that still hold a candidate. With config.sample.cache (off by default, approximate) the
+network runs over the decoded window only, against cached keys and values of the rest
+(lladax/sampler_cache.py).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lladax import sampler_cache
 from lladax.config import ConfigError, choice
 
 REMASKING = ('low_confidence', 'random')
@@ -66,9 +69,17 @@ class SamplerConfig:
   # assignment hits EOS in the Gumbel-noised copy, which no longer feeds the confidence).
   # No effect with remasking='random'.
   defer_eos_eot: bool = False
+  # The cached sampler for long prompts (lladax/sampler_cache.py): 'none' (exact), 'prompt' or
+  # 'dual', its keys and values recomputed once per 'generation', 'block' or 'step', and the
+  # prompt's last cache_recompute tokens at every step. Approximate:
+  # an eval job records any cache as a deviation from its protocol.
+  cache: str = 'none'
+  cache_refresh: str = 'block'
+  cache_recompute: int = 0          # the prompt's last tokens recomputed at every step
 
   def __post_init__(self):
     choice(self.remasking, REMASKING, 'config.sample.remasking')
+    sampler_cache.check(self.cache, self.cache_refresh, self.cache_recompute)
     choice(self.mask_prediction, MASK_PREDICTION, 'config.sample.mask_prediction')
     if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
       raise ConfigError('config.sample.gen_length, block_length and steps must be positive.')
@@ -91,6 +102,15 @@ class SamplerConfig:
   @property
   def steps_per_block(self) -> int:
     return self.steps // self.num_blocks
+
+
+def settings(cfg: SamplerConfig) -> dict:
+  """cfg as the results files record it; the cache settings only when a cache is on, so that
+  results made before the cache existed still resume."""
+  out = dataclasses.asdict(cfg)
+  if cfg.cache == 'none':
+    del out['cache'], out['cache_refresh'], out['cache_recompute']
+  return out
 
 
 def transfer_schedule(block_length: int, steps_per_block: int) -> np.ndarray:
@@ -194,6 +214,13 @@ def sample(net: Network | WindowFn, prompt: jax.Array, key: jax.Array, cfg: Samp
     hidden_prompt &= x != mask_id
   banned = tuple(suppress_ids) + ((mask_id,) if cfg.mask_prediction == 'ban' else ())
   banned, defer_ids = tuple(sorted(set(banned))), tuple(sorted(set(defer_ids)))
+  if cfg.cache != 'none':
+    if not sampler_cache.supports(net):
+      raise ValueError(f'config.sample.cache={cfg.cache!r} needs a LLaDA module as the network, '
+                       "not a window function; pass the model or use cache='none'.")
+    sampler_cache.check_prompt(infill)
+    return sampler_cache.sample(net, prompt, key, cfg, mask_id=mask_id, prompt_mask=prompt_mask,
+                                banned=banned, defer_ids=defer_ids, uncond_hidden=hidden_prompt)
   if cfg.cfg_scale > 0:
     positions, segment_ids = (jnp.concatenate([a, a]) for a in (positions, segment_ids))
 

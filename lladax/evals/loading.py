@@ -87,6 +87,8 @@ def setup(recipe: Recipe, ecfg: EvalConfig, generator: Generator | None = None,
   `info` records the protocol, its generation settings and the recipe's deviations from them."""
   generation, deviations = protocols.generation(
       protocol, ecfg, recipe.model if recipe.has('model') else None)
+  if recipe.has('sample'):
+    deviations += protocols.cache_deviations(recipe.sample)
   record = {'protocol': protocol, 'generation': dataclasses.asdict(generation),
             'deviations': deviations}
   if deviations:

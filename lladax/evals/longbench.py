@@ -577,7 +577,7 @@ def run(config, generator: model_calls.Generator | None = None) -> dict:
                   chat_template=cfg.chat_template, longbench_e=cfg.longbench_e,
                   code_sim=cfg.code_sim, prompts=cfg.prompts or 'built-in',
                   max_new_tokens=cfg.max_new_tokens or 'built-in',
-                  sampler={d: dataclasses.asdict(decode(d)) for d in METRIC})
+                  sampler={d: sampler.settings(decode(d)) for d in METRIC})
   store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   cells = [dict(dataset=d, index=i) for d in inputs.datasets
            for i in range(len(inputs.samples[d]))]

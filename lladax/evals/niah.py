@@ -38,6 +38,7 @@ import re
 
 import numpy as np
 
+from lladax import sampler
 from lladax.config import ConfigError, Recipe, choice, parse
 from lladax.evals import (eval_settings, haystack, loading, metrics, model_calls, oracles, plots,
                           protocols, results)
@@ -595,7 +596,7 @@ def run(config, generator: model_calls.Generator | None = None) -> dict:
       cfg.gen_length, cfg.block_length, cfg.resolved('steps'), 'config.niah'))
   if cfg.paper:
     info = eval_settings.note_deviations(info, paper_deviations(cfg, scfg), 'NIAH')
-  settings = dict(info, sampler=dataclasses.asdict(scfg), **settings)
+  settings = dict(info, sampler=sampler.settings(scfg), **settings)
   store = results.ResultStore(paths['cells'], settings, ecfg.resume)
 
   def compute(batch):

@@ -73,6 +73,15 @@ def sampler_deviations(sample, protocol: str) -> list[str]:
           for k, v in PAPER_SAMPLER.items() if getattr(sample, k) != v]
 
 
+def cache_deviations(sample) -> list[str]:
+  """The cached sampler under any protocol: every protocol decodes without a cache, and the
+  cache is approximate (the prompt does not see the answer change between refreshes)."""
+  if sample is None or sample.cache == 'none':
+    return []
+  return [f'config.sample.cache={sample.cache!r} with cache_refresh={sample.cache_refresh!r} and '
+          f"cache_recompute={sample.cache_recompute} (every protocol: 'none'; approximate)"]
+
+
 def check(name: str, where: str) -> str:
   return choice(name, NAMES, where)
 

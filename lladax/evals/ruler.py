@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from lladax import sampler
 from lladax.config import ConfigError, Recipe, choice, parse
 from lladax.evals import (eval_settings, haystack, loading, metrics, model_calls, oracles, plots,
                           protocols, results, ruler_opencompass as oc, ruler_tasks)
@@ -227,7 +228,7 @@ def run_lladax(recipe: Recipe, cfg: RulerConfig, generator: model_calls.Generato
         cfg.gen_length or budget, cfg.block_length, cfg.steps, 'config.ruler'))
 
   settings = dict(info, counted_in=counted_in, seed=cfg.seed,
-                  sampler={t: dataclasses.asdict(decode(t)) for t in ruler_tasks.TASKS})
+                  sampler={t: sampler.settings(decode(t)) for t in ruler_tasks.TASKS})
   store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   builder = Builder(cfg, res, counter)
   cells = cells_of(cfg, tasks, lengths, len(res.pool))
@@ -365,7 +366,7 @@ def run_paper(recipe: Recipe, cfg: RulerConfig, generator: model_calls.Generator
                   tokenizer_model=TOKENIZER_MODEL[cfg.protocol], wonderwords=mat.words.version,
                   answer_turn=turn, seed=cfg.seed,
                   abbr={t: spec['abbr'] for t, (_, spec) in oc.TASKS.items()},
-                  sampler={t: dataclasses.asdict(decode(t)) for t in oc.TASKS})
+                  sampler={t: sampler.settings(decode(t)) for t in oc.TASKS})
   store = results.ResultStore(paths['cells'], settings, ecfg.resume)
   drawn = PaperSamples(cfg, counter, mat)
 
