@@ -1,7 +1,9 @@
 """Turning ml_collections ConfigDicts into typed, validated settings.
 
-Every section of a recipe (`config.model`, `config.rope`, ...) becomes a frozen dataclass here, so
-library code receives plain values and a typo in a recipe fails at start-up, not mid-run.
+SECTIONS names the dataclass of every recipe section (`config.model`, `config.rope`, ...); `parse`
+turns a recipe into a Recipe holding each of its sections as that frozen dataclass when a job
+starts, so library code receives plain values and a typo in a recipe fails at start-up, not
+mid-run.
 """
 from __future__ import annotations
 

@@ -271,31 +271,6 @@ def _multiprocess_environment() -> bool:
   return False
 
 
-@contextlib.contextmanager
-def _peer_loss_ends_the_process():
-  """While jax.distributed connects: its client, on noticing that another process is gone (a
-  missed heartbeat, an error the coordinator polled), ends this one with one lladax line and
-  exit code 75 instead of its default abort with a page of C++ logs. The hook is jaxlib's
-  `missed_heartbeat_callback`, which jax.distributed.initialize does not pass on; a jaxlib
-  without it keeps its default."""
-  from jax._src.lib import _jax  # pylint: disable=import-outside-toplevel
-  from lladax import multihost  # pylint: disable=import-outside-toplevel
-  make = getattr(_jax, 'get_distributed_runtime_client', None)
-  if make is None or 'missed_heartbeat_callback' not in (make.__doc__ or ''):
-    yield
-    return
-
-  def lost(status) -> None:
-    multihost.exit_lost_peer((str(status).strip().splitlines() or ['no heartbeat'])[0][:300])
-
-  _jax.get_distributed_runtime_client = (
-      lambda *args, **kwargs: make(*args, **{'missed_heartbeat_callback': lost, **kwargs}))
-  try:
-    yield
-  finally:
-    _jax.get_distributed_runtime_client = make
-
-
 def multihost_init(coordinator_address: str | None = None, num_processes: int | None = None,
                    process_id: int | None = None) -> bool:
   """jax.distributed.initialize when this is one process of several (TPU pod, SLURM, MPI, or an
@@ -309,8 +284,7 @@ def multihost_init(coordinator_address: str | None = None, num_processes: int | 
   bounds = {name: int(os.environ[env]) for name, env in (
       ('heartbeat_timeout_seconds', 'LLADAX_HEARTBEAT_TIMEOUT_S'),
       ('shutdown_timeout_seconds', 'LLADAX_SHUTDOWN_TIMEOUT_S')) if os.environ.get(env)}
-  with _peer_loss_ends_the_process():
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, **bounds)
+  jax.distributed.initialize(coordinator_address, num_processes, process_id, **bounds)
   logging.info('process %d of %d, %d local devices of %d', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

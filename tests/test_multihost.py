@@ -28,7 +28,10 @@ SMALL = ('--config.model.d_model=32', '--config.model.n_layers=1',
          '--config.model.mlp_hidden_size=64', '--config.data.seq_len=32',
          '--config.pipeline.seq_len=32', f'--config.train.steps={STEPS}',
          '--config.train.checkpoint_every=2', '--config.train.keep_checkpoints=10')
-HEARTBEAT = 10   # seconds until JAX declares a vanished process dead
+# Seconds until JAX declares a vanished process dead. Long enough that the survivor notices the
+# killed peer through its closed connection in the next collective (exit 75, one lladax line)
+# rather than through the heartbeat, which makes JAX abort (README, Multi-host).
+HEARTBEAT = 30
 
 
 @pytest.fixture(scope='module')
