@@ -17,14 +17,13 @@ def run(config) -> str:
   scfg = recipe.sample
   model, meta, _ = saved_model.load_for_recipe(path, recipe.model, recipe.rope)
   cfg = model.cfg
-  tok = tokenizers.load(
-      recipe.tokenizer, meta)
-  ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(
-      recipe.input('sample.prompt', ''))
+  tok = tokenizers.load(recipe.tokenizer, meta)
+  prompt = recipe.input('sample.prompt', '')
+  ids = ([cfg.bos_token_id] if cfg.bos_token_id is not None else []) + tok.encode(prompt)
   tokens, mask = sampler.left_pad([ids], cfg.pad_token_id)
   logging.info('sampling %d tokens after a %d-token prompt', scfg.gen_length, len(ids))
   out = sampler.generate(model, tokens, jax.random.key(recipe.seed), scfg, mask)
   eos = tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
   text = tok.decode(sampler.strip_generation(out[0, tokens.shape[1]:], eos))
-  print(recipe.input('sample.prompt', '') + text)
+  print(prompt + text)
   return text
