@@ -403,7 +403,11 @@ def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA,
   so no host ever holds the whole model.
   """
   cfg, meta = read_config(path)
-  cfg = dataclasses.replace(cfg, **overrides)
+  return _restore(path, dataclasses.replace(cfg, **overrides), shardings), meta
+
+
+def _restore(path: str, cfg: ModelConfig, shardings) -> model_lib.LLaDA:
+  """The parameters at `path` restored into a model of `cfg` (the stored config, overridden)."""
   abstract = model_lib.abstract(cfg)
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
   if shardings is not None:
@@ -423,7 +427,7 @@ def load_model(path: str, shardings=None, **overrides) -> tuple[model_lib.LLaDA,
   directory = _params_dir(path)
   with _reading_params(directory), ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(directory, abstract_params)
-  return nnx.merge(graphdef, params, rest), meta
+  return nnx.merge(graphdef, params, rest)
 
 
 def load_for_recipe(path: str, recipe: ModelConfig | None, rope: RopeConfig, shardings=None
@@ -433,12 +437,12 @@ def load_for_recipe(path: str, recipe: ModelConfig | None, rope: RopeConfig, sha
   applies its rule to the checkpoint's own base (e.g. LongLLaDA's training-free NTK on a converted
   LLaDA-8B); `recipe` (config.model; None keeps the checkpoint's) sets how it computes
   (model_config.compute_overrides); `shardings` as for load_model."""
-  saved = read_config(path)[0]
+  saved, meta = read_config(path)
   scaled = resolve_rope(saved, rope)
   overrides = compute_overrides(recipe, saved) if recipe is not None else {}
-  model, meta = load_model(path, shardings, rope_theta=scaled.rope_theta,
-                           rope_position_scale=scaled.rope_position_scale, **overrides)
-  return model, meta, saved
+  cfg = dataclasses.replace(saved, rope_theta=scaled.rope_theta,
+                            rope_position_scale=scaled.rope_position_scale, **overrides)
+  return _restore(path, cfg, shardings), meta, saved
 
 
 def open_params(path: str) -> dict[str, ts.TensorStore]:
