@@ -21,7 +21,7 @@ and cfg (0), the papers' values. The network runs in float16 as the papers' wrap
 --config.model.param_dtype=bfloat16 with protocol=lladax, or the difference is recorded as a
 deviation). The papers' metrics need the `eval` extra: pip install 'lladax[eval]'.
 """
-from lladax import presets
+from lladax import plan, presets
 from lladax.evals import eval_settings, longbench
 
 
@@ -32,4 +32,6 @@ def get_config():
   c.sample.update(gen_length=64, block_length=64, steps=64, temperature=0.0)
   c.eval = presets.section(eval_settings.EvalConfig)
   c.longbench = presets.section(longbench.LongBenchConfig)
+  # --config.job=plan compiles this job's model calls at its longest inputs on one TPU chip.
+  c.plan = presets.section(plan.PlanConfig, topology='v5p:2x2x1')
   return c

@@ -18,7 +18,7 @@ only says how it runs (float16 as the papers' wrapper; another dtype is recorded
 Decoding lengths and steps are config.niah's (the grid's); config.sample gives temperature,
 remasking, cfg and suppression (the papers: LLaDA's defaults, greedy).
 """
-from lladax import presets
+from lladax import plan, presets
 from lladax.evals import eval_settings, niah
 
 
@@ -29,4 +29,6 @@ def get_config():
   c.sample.update(gen_length=32, block_length=32, steps=32, temperature=0.0)
   c.eval = presets.section(eval_settings.EvalConfig)
   c.niah = presets.section(niah.NiahConfig)
+  # --config.job=plan compiles this job's model calls at its longest inputs on one TPU chip.
+  c.plan = presets.section(plan.PlanConfig, topology='v5p:2x2x1')
   return c

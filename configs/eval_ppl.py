@@ -10,7 +10,7 @@ Writes ppl_results.json and ppl.png (perplexity against length) in the workdir; 
 resumes from ppl_cells.jsonl. config.eval.batch_size is the rows per forward pass (the 8 Monte
 Carlo maskings of a chunk fit one batch at short lengths).
 """
-from lladax import presets
+from lladax import plan, presets
 from lladax.evals import eval_settings, perplexity
 
 
@@ -20,4 +20,6 @@ def get_config():
   c.model.update(dtype='bfloat16', param_dtype='bfloat16')   # LongLLaDA scored in bf16
   c.eval = presets.section(eval_settings.EvalConfig, batch_size=8)
   c.ppl = presets.section(perplexity.PplConfig)
+  # --config.job=plan compiles this job's model calls at its longest inputs on one TPU chip.
+  c.plan = presets.section(plan.PlanConfig, topology='v5p:2x2x1')
   return c

@@ -21,7 +21,7 @@ a killed run resumes from ruler_cells.jsonl. Decoding lengths are config.ruler's
 gives temperature, remasking, cfg and suppression. A setting that differs from the chosen paper's
 is recorded under `deviations` in the results.
 """
-from lladax import presets
+from lladax import plan, presets
 from lladax.evals import eval_settings, ruler
 
 
@@ -33,4 +33,6 @@ def get_config():
   c.sample.update(gen_length=64, block_length=64, steps=64, temperature=0.0)
   c.eval = presets.section(eval_settings.EvalConfig)
   c.ruler = presets.section(ruler.RulerConfig)
+  # --config.job=plan compiles this job's model calls at its longest inputs on one TPU chip.
+  c.plan = presets.section(plan.PlanConfig, topology='v5p:2x2x1')
   return c

@@ -37,7 +37,7 @@ class ModelConfig:
   dtype: str = 'bfloat16'           # activations and matmul inputs
   remat_policy: str = 'full'        # what the scanned block keeps for the backward pass
   scan_layers: bool = True          # False unrolls the layers (for cost analysis cross-checks)
-  attention_kernel: str = 'reference'
+  attention_kernel: str = 'auto'   # by backend and mesh (lladax/attention/auto.py)
   attention_options: tuple[str, ...] = ()  # the kernel's settings as 'name=value', e.g.
                                            # ('block_q=1024', 'step_kernel=splash') for ring
 

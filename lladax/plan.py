@@ -10,6 +10,9 @@ that does not fit fails inside the compiler (RESOURCE_EXHAUSTED); the plan says 
 turn. `config.plan.meshes` and `config.plan.remat_policies` sweep alternatives and the best
 that fits is reported.
 
+An evaluation recipe (configs/eval_*.py) is planned as its job runs instead: the sampler or
+the perplexity scorer at the recipe's longest input, on one chip (lladax/eval_calls.py).
+
 FLOPs are analytic (lladax/flops.py): cost_analysis() counts a scanned layer once and sees
 nothing inside Pallas kernels. The roofline is a lower bound on step time: compute at peak
 bf16 FLOP/s, and ICI traffic (FSDP gathers and reduce-scatters, the data-parallel all-reduce,
@@ -27,8 +30,8 @@ import time
 
 import jax
 
-from lladax import files, flops, model_config, sharding, tpu_chips
-from lladax.config import ConfigError, parse
+from lladax import eval_calls, files, flops, model_config, saved_model, sharding, tpu_chips
+from lladax.config import ConfigError, Recipe, parse
 from lladax.train import optimizer, state as train_state, step as train_step
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
@@ -147,8 +150,13 @@ def _out_of_memory(error: Exception) -> str | None:
 
 def _compile(fn, *args):
   """(compiled, None) or (None, why) when the program does not fit in HBM."""
+  return _compile_lowered(lambda: fn.lower(*args))
+
+
+def _compile_lowered(lower):
+  """lower() compiled: (compiled, None), or (None, why) when the program does not fit in HBM."""
   try:
-    return fn.lower(*args).compile(), None
+    return lower().compile(), None
   except Exception as e:  # pylint: disable=broad-except
     why = _out_of_memory(e)
     if why is None:
@@ -340,6 +348,8 @@ def run(config) -> dict:
   Raises ConfigError naming the knobs to turn when no candidate fits.
   """
   recipe = parse(config)
+  if any(recipe.has(name) for name in eval_calls.EVAL_SECTIONS):
+    return run_eval(recipe)
   pcfg = recipe.plan
   mcfg = model_config.resolve_rope(recipe.model, recipe.rope)
   base_mesh = recipe.mesh
@@ -393,6 +403,80 @@ def run(config) -> dict:
   return result
 
 
+def _eval_model(recipe: Recipe) -> model_config.ModelConfig:
+  """The network an evaluation job runs: the checkpoint's shape when config.checkpoint names
+  one (as the job loads it), else config.model's; config.model's compute settings either way."""
+  if recipe.checkpoint:
+    return saved_model.config_for_recipe(recipe.checkpoint, recipe.model, recipe.rope)[0]
+  return model_config.resolve_rope(recipe.model, recipe.rope)
+
+
+def eval_report(records: list[dict], mcfg: model_config.ModelConfig, chip, topology: str) -> str:
+  lines = [f'evaluation plan for one chip of {topology} ({chip.device_kind}, '
+           f'{_gib(chip.hbm_bytes)} GiB HBM), as the job runs without config.eval.mesh_hook; '
+           f'{_count(mcfg.num_params())} parameters in {mcfg.param_dtype}, compute {mcfg.dtype}, '
+           f'attention {mcfg.attention_kernel!r}, RoPE base {mcfg.rope_theta:.6g}',
+           f'{"job":<15} {"rows x tokens":>16} {"decode":>16} {"attention":<14} {"args":>7} '
+           f'{"temp":>7} {"total":>7} {"HBM":>5}  {"FLOP":>10}  status (GiB per chip)']
+  for r in records:
+    decode = (f'{r["gen_length"]}/{r["block_length"]}/{r["steps"]}' if 'steps' in r else
+              f'score {r["scored_tokens"]}')
+    head = (f'{r["job"]:<15} {r["batch"]:>6} x {r["prompt_tokens"]:>7} {decode:>16} '
+            f'{r["attention"]:<14}')
+    if 'memory' in r:
+      m = r['memory']
+      tight = ' (tight)' if r['status'] == 'fits' and r['hbm_fraction'] > HEADROOM else ''
+      lines.append(f'{head} {_gib(m["arguments"]):>7} {_gib(m["temporaries"]):>7} '
+                   f'{_gib(m["total"]):>7} {r["hbm_fraction"]:>5.0%}  {_si(r["flops"], ""):>10}  '
+                   f'{r["status"]}{tight}')
+    else:
+      lines.append(f'{head} {"":>29}  {_si(r["flops"], ""):>10}  {r["status"]}: {r["why"]}')
+    lines.append(f'  {r["length_from"]}')
+  return '\n'.join(lines)
+
+
+def run_eval(recipe: Recipe) -> dict:
+  """Plans an evaluation recipe's model calls at its longest inputs (lladax/eval_calls.py)."""
+  pcfg = recipe.plan
+  mcfg = _eval_model(recipe)
+  chip, devices = tpu_chips.topology_devices(pcfg.topology, pcfg.num_slices)
+  calls = eval_calls.eval_calls(recipe, pcfg.eval_length)
+  path = pcfg.output or (os.path.join(recipe.workdir, 'plan.json') if recipe.workdir else '')
+  header = {'topology': pcfg.topology, 'chips': 1, 'chip': dataclasses.asdict(chip),
+            'params': mcfg.num_params(), 'attention_kernel': mcfg.attention_kernel,
+            'model': dataclasses.asdict(mcfg)}
+  records = []
+  for call in calls:
+    logging.info('plan: compiling %s (%d x %d tokens) for one %s chip', call.job, call.batch,
+                 call.prompt, chip.name)
+    record = eval_calls.describe(call, mcfg)
+    compiled, why = _compile_lowered(lambda c=call: eval_calls.lowered(c, mcfg, devices[0]))
+    if compiled is None:
+      record.update(status='does not fit', why=why)
+    else:
+      mem = memory(compiled)
+      del compiled
+      gc.collect()
+      fraction = mem['total'] / chip.hbm_bytes
+      record.update(memory=mem, hbm_fraction=fraction,
+                    status='fits' if fraction <= 1 else 'over HBM')
+      if fraction > 1:
+        record['why'] = f'{_gib(mem["total"])} of {_gib(chip.hbm_bytes)} GiB HBM'
+    records.append(record)
+  print(eval_report(records, mcfg, chip, pcfg.topology), flush=True)
+  result = {**header, 'evals': records}
+  if path:
+    _write_json(path, result)
+    logging.info('wrote %s', path)
+  failed = [r for r in records if r['status'] != 'fits']
+  if failed:
+    raise ConfigError(
+        f'{", ".join(r["job"] for r in failed)} does not fit one {chip.name} chip '
+        f'({failed[0]["why"]}); lower config.eval.batch_size, use a larger chip in '
+        'config.plan.topology, or shard the model with config.eval.mesh_hook.')
+  return result
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
   """What `config.plan` asks of the plan job."""
@@ -406,12 +490,15 @@ class PlanConfig:
   evaluate: bool = True                 # also compile the evaluation forward for the best plan
   eval_batch_size: int = 0              # rows per evaluation batch; 0 = the training batch
   output: str = ''                      # JSON path; '' writes <workdir>/plan.json if workdir set
+  eval_length: int = 0                  # evaluation recipes: prompt tokens to plan; 0 = the
+                                        # recipe's longest length (lladax/eval_calls.py)
 
   def __post_init__(self):
     tpu_chips.parse_topology(self.topology)
-    if self.num_slices < 1 or self.eval_batch_size < 0 or min(self.microbatches, default=1) < 1:
-      raise ConfigError('config.plan.num_slices and microbatches must be >= 1 and '
-                        'eval_batch_size >= 0.')
+    if (self.num_slices < 1 or self.eval_batch_size < 0 or self.eval_length < 0
+        or min(self.microbatches, default=1) < 1):
+      raise ConfigError('config.plan.num_slices and microbatches must be >= 1, and '
+                        'eval_batch_size and eval_length >= 0.')
 
 
 @dataclasses.dataclass(frozen=True)

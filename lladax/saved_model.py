@@ -437,12 +437,19 @@ def load_for_recipe(path: str, recipe: ModelConfig | None, rope: RopeConfig, sha
   applies its rule to the checkpoint's own base (e.g. LongLLaDA's training-free NTK on a converted
   LLaDA-8B); `recipe` (config.model; None keeps the checkpoint's) sets how it computes
   (model_config.compute_overrides); `shardings` as for load_model."""
+  cfg, meta, saved = config_for_recipe(path, recipe, rope)
+  return _restore(path, cfg, shardings), meta, saved
+
+
+def config_for_recipe(path: str, recipe: ModelConfig | None, rope: RopeConfig
+                      ) -> tuple[ModelConfig, dict, ModelConfig]:
+  """(the config load_for_recipe runs, meta, the checkpoint's own config), reading no weights."""
   saved, meta = read_config(path)
   scaled = resolve_rope(saved, rope)
   overrides = compute_overrides(recipe, saved) if recipe is not None else {}
   cfg = dataclasses.replace(saved, rope_theta=scaled.rope_theta,
                             rope_position_scale=scaled.rope_position_scale, **overrides)
-  return _restore(path, cfg, shardings), meta, saved
+  return cfg, meta, saved
 
 
 def open_params(path: str) -> dict[str, ts.TensorStore]:

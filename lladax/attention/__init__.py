@@ -10,11 +10,13 @@ from typing import Callable
 
 import jax
 
-from lladax.attention import all_gather, blockwise, reference, ring, splash
+from lladax.attention import all_gather, auto, blockwise, reference, ring, splash
 from lladax.config import ConfigError
 
 # name -> fn(q, k, v, q_segment_ids, kv_segment_ids, *, scale, **options) -> out
 KERNELS: dict[str, Callable] = {
+    'auto': auto.attention,               # the default: ring / splash / flash_gpu / blockwise
+                                          # by platform and mesh (see auto.py); block_q, block_kv
     'reference': reference.attention,     # dense O(T*S) oracle, for tests and short sequences
     'blockwise': blockwise.attention,     # flash-style XLA, any backend; block_q, block_kv
     'ring': ring.attention,               # ring over `context`; block_q, block_kv, step_kernel
@@ -27,6 +29,7 @@ _BLOCKS = {'block_q': int, 'block_kv': int}
 # name -> {option: int (a positive one), bool, or the tuple of allowed strings}: what each kernel
 # accepts, so a misspelt or zero option fails at start-up rather than inside a compiled step.
 OPTIONS: dict[str, dict] = {
+    'auto': _BLOCKS,
     'reference': {},
     'blockwise': _BLOCKS,
     'ring': {**_BLOCKS, 'step_kernel': ring.STEP_KERNELS, 'interpret': bool},
@@ -67,7 +70,7 @@ def check_options(kernel: str, options: dict, where: str = 'config.model.attenti
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
-              kv_segment_ids: jax.Array | None = None, *, kernel: str = 'reference',
+              kv_segment_ids: jax.Array | None = None, *, kernel: str = 'auto',
               scale: float | None = None, **options) -> jax.Array:
   """Bidirectional multi-head attention over packed sequences.
 
