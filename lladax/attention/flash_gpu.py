@@ -101,7 +101,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, scale, b
   q_span = _span(qs)
 
   def kv_step(j, carry):
-    rows = pl_ds(j, block_kv)
+    rows = _tile(j, block_kv)
     ks = ks_ref[rows]
 
     def tile(carry):
@@ -139,7 +139,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, 
   q_span = _span(qs)
 
   def kv_step(j, dq):
-    rows = pl_ds(j, block_kv)
+    rows = _tile(j, block_kv)
     ks = ks_ref[rows]
 
     def tile(dq):
@@ -160,7 +160,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
   k_span = _span(ks)
 
   def q_step(i, carry):
-    rows = pl_ds(i, block_q)
+    rows = _tile(i, block_q)
     qs = qs_ref[rows]
 
     def tile(carry):
@@ -179,7 +179,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
   dv_ref[...] = dv
 
 
-def pl_ds(i, block: int):
+def _tile(i, block: int):
   """Tile i of `block` rows of a ref (the multiple_of hint lets Triton vectorise the loads)."""
   pl, _ = _pallas()
   return pl.ds(pl.multiple_of(i * block, block), block)
@@ -370,8 +370,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
   with keys and values gathered over `context`; use the ring with step_kernel=flash_gpu to keep
   them split. options: block_q, block_kv, interpret, num_warps, num_stages.
   """
-  if 'interpret' not in options or options['interpret'] is None:
-    options = {**options, 'interpret': use_interpret()}
+  # Decided here, outside any shard_map, from the platform being compiled for.
+  options = {**options, 'interpret': use_interpret(options.get('interpret'))}
   local = functools.partial(attention_local, scale=scale, **options)
   lay = sharded.layout(q, k)
   if lay is None:
