@@ -1,15 +1,18 @@
 """The flash_gpu kernel (Pallas Triton) against the dense reference, in interpret mode on CPU:
 packed segments, padding, GQA, lengths no tile divides, cross-attention, bfloat16; inside the ring
-and all_gather on 8 simulated devices; its Triton lowering for CUDA; its option errors."""
+and all_gather on 8 simulated devices; the model through it; its Triton lowering for CUDA; its
+option errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from lladax import model as model_lib
 from lladax.attention import attention, bench, blockwise, flash_gpu, ring
 from lladax.config import ConfigError
 from tests.attention_layouts import layouts
-from tests.helpers import tiny_config
+from tests.helpers import replace, tiny_config
 from tests.test_attention_kernels import assert_matches, compiled, operands, out_and_grads
 from tests.test_attention_sharded import run_script
 
@@ -145,3 +148,19 @@ def test_attention_bench_times_it_only_on_gpu():
   assert 'interpret' in bench.skip_reason(b, 'flash_gpu', 'cpu')
   assert bench.skip_reason(b, 'flash_gpu', 'gpu') is None
   assert bench.kernel_options(b, 'flash_gpu') == dict(block_q=128, block_kv=64)
+
+
+def test_model_runs_with_the_flash_gpu_kernel():
+  # Through the scanned, rematerialised block: same logits and gradients as the reference.
+  cfg = tiny_config(max_sequence_length=32, remat_policy='full')
+  tokens = jnp.asarray(np.random.default_rng(6).integers(0, 60, (2, 24)), jnp.int32)
+  seg = jnp.asarray(np.repeat([[1, 1, 2, 0], [1, 2, 3, 3]], 6, axis=1), jnp.int32)
+
+  def run(kernel, options=()):
+    m = model_lib.init(replace(cfg, attention_kernel=kernel, attention_options=options), seed=0)
+    loss, grads = nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(tokens, segment_ids=seg) ** 2)))(m)
+    return loss, grads.blocks.q_proj[...]
+
+  (want, want_g), (got, got_g) = run('reference'), run('flash_gpu', ('block_q=16', 'block_kv=16'))
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(got_g), np.asarray(want_g), atol=1e-4, rtol=1e-4)
