@@ -95,11 +95,13 @@ def test_ring_and_all_gather_with_flash_gpu_on_simulated_devices():
     assert max(r['dq'], r['dk'], r['dv']) <= 1e-4, (where, r)
 
 
-def test_forward_and_backward_lower_to_triton_for_cuda():
+@pytest.mark.parametrize('heads,kv_heads', [(4, 2), (6, 2)])
+def test_forward_and_backward_lower_to_triton_for_cuda(heads, kv_heads):
   # No GPU here, but the Triton lowering runs on the host: it refuses what Triton cannot take
   # (tiles that are not powers of two, unsupported operations) before any GPU would see it.
-  q = jax.ShapeDtypeStruct((1, 200, 4, 128), jnp.bfloat16)
-  kv = jax.ShapeDtypeStruct((1, 200, 2, 128), jnp.bfloat16)
+  # Three query heads per key head make the dK/dV kernel's head block no power of two.
+  q = jax.ShapeDtypeStruct((1, 200, heads, 128), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 200, kv_heads, 128), jnp.bfloat16)
   seg = jax.ShapeDtypeStruct((1, 200), jnp.int32)
 
   def loss(q, k, v, seg):

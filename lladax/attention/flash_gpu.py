@@ -11,9 +11,8 @@ A tile is skipped when the ranges of its query and key segment ids cannot meet (
 packed documents, padding); inside a tile the exact mask is applied. A row that sees no key
 (padding, or no key of its segment in this chunk) gets out = 0 and lse = -inf, and no gradient.
 
-Grouped-query attention reads key head h // G for query head h; the dK/dV kernel writes one
-gradient per query head and the G of a group are summed outside the kernel (G times the key
-gradient's memory in float32, nothing for plain multi-head attention).
+Grouped-query attention reads key head h // G for query head h; the dK/dV kernel runs per key
+head and sums its G query heads' contributions in float32 before writing.
 
 Triton wants power-of-two tiles of at least 16: block sizes are rounded up to one (and clamped
 to the padded length), the head dimension is padded to one, and the lengths are padded to whole
@@ -155,7 +154,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, 
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
-                scale, block_q, n_q):
+                scale, block_q, n_q, group):
+  """One key head's block: q, do refs hold its `group` query heads ([Tp, G, Dp]; lse [G, Tp])."""
   k, v, ks = k_ref[...], v_ref[...], ks_ref[...]
   k_span = _span(ks)
 
@@ -165,18 +165,20 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
 
     def tile(carry):
       dk, dv = carry
-      q, do = q_ref[rows, :], do_ref[rows, :]
-      p = _probs(q, k, qs, ks, lse_ref[rows], scale)            # [bq, bk]
-      dv = dv + _dot(p.astype(do.dtype), do, (0, 0))
-      ds = p * (_dot(do, v) - delta_ref[rows][:, None])
-      return dk + _dot(ds.astype(q.dtype), q, (0, 0)), dv
+      for g in range(group):   # the query heads sharing this key head, summed here
+        q, do = q_ref[rows, g, :], do_ref[rows, g, :]
+        p = _probs(q, k, qs, ks, lse_ref[g, rows], scale)            # [bq, bk]
+        dv = dv + _dot(p.astype(do.dtype), do, (0, 0))
+        ds = p * (_dot(do, v) - delta_ref[g, rows][:, None])
+        dk = dk + _dot(ds.astype(q.dtype), q, (0, 0))
+      return dk, dv
 
     return jax.lax.cond(_may_meet(_span(qs), k_span), tile, lambda c: c, carry)
 
   zeros = jnp.zeros(k.shape, F32)
   dk, dv = jax.lax.fori_loop(0, n_q, q_step, (zeros, zeros))
-  dk_ref[...] = dk * scale
-  dv_ref[...] = dv
+  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
 def _tile(i, block: int):
@@ -305,21 +307,21 @@ def attention_grads(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax
        x.seg_whole(x.sp), x.block(x.bq), x.stat_block(x.bq), x.stat_block(x.bq)],
       x.block(x.bq), jax.ShapeDtypeStruct(x.q.shape, F32), settings, 'lladax_flash_dq',
   )(*args)
-  # One dK/dV per query head; a group's G heads are summed below.
-  per_head = jax.ShapeDtypeStruct((x.b, x.sp, x.h, x.dp), F32)
+  # Grid over key heads: each program reads its group of G query heads whole, so dK/dV are
+  # summed over the group in float32 inside the kernel and written once, in dkv_dtype.
+  pl, _ = _pallas()
+  group = pl.BlockSpec((None, x.tp, x.group, x.dp), lambda j, b, h: (b, 0, h, 0))
+  group_stats = pl.BlockSpec((None, x.group, x.tp), lambda j, b, h: (b, h, 0))
+  dkv_shape = jax.ShapeDtypeStruct(x.k.shape, dkv_dtype)
   dk, dv = _call(
-      functools.partial(_dkv_kernel, scale=float(scale), block_q=x.bq, n_q=x.tp // x.bq),
-      (x.sp // x.bk, x.b, x.h),
-      [x.whole(x.tp), x.block(x.bk, x.kv_head), x.block(x.bk, x.kv_head), x.seg_whole(x.tp),
-       x.seg_block(x.bk), x.whole(x.tp), x.stat_whole(x.tp), x.stat_whole(x.tp)],
-      [x.block(x.bk), x.block(x.bk)], [per_head, per_head], settings, 'lladax_flash_dkv',
+      functools.partial(_dkv_kernel, scale=float(scale), block_q=x.bq, n_q=x.tp // x.bq,
+                        group=x.group),
+      (x.sp // x.bk, x.b, x.kh),
+      [group, x.block(x.bk), x.block(x.bk), x.seg_whole(x.tp), x.seg_block(x.bk), group,
+       group_stats, group_stats],
+      [x.block(x.bk), x.block(x.bk)], [dkv_shape, dkv_shape], settings, 'lladax_flash_dkv',
   )(*args)
-
-  def heads(g):
-    g = g[:, :x.s, :, :x.d].reshape(x.b, x.s, x.kh, x.group, x.d)
-    return jnp.sum(g, axis=3).astype(dkv_dtype)
-
-  return dq[:, :x.t, :, :x.d], heads(dk), heads(dv)
+  return dq[:, :x.t, :, :x.d], dk[:, :x.s, :, :x.d], dv[:, :x.s, :, :x.d]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
