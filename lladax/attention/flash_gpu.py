@@ -2,7 +2,8 @@
 
 Three pallas_calls, flash-attention-2 style: a forward over (query block, batch, head) that walks
 the key blocks with an online softmax and writes the output and the row log-sum-exp; a dQ kernel
-over the same grid; a dK/dV kernel over (key block, batch, head) that walks the query blocks.
+over the same grid; a dK/dV kernel over (key block, batch, key head) that walks the query
+blocks.
 Probabilities are never stored: the backward recomputes each tile from q, k and the saved lse.
 Logits, softmax statistics and every accumulator are float32; the matmuls take the inputs'
 dtype (bfloat16 or float32) with float32 accumulation.
@@ -238,10 +239,6 @@ class _Tiled:
   @staticmethod
   def stat_block(length):
     return _pallas()[0].BlockSpec((None, None, length), lambda i, b, h: (b, h, i))
-
-  @staticmethod
-  def stat_whole(length):
-    return _pallas()[0].BlockSpec((None, None, length), lambda i, b, h: (b, h, 0))
 
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, settings, name):
