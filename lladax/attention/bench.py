@@ -205,7 +205,8 @@ def run(config) -> list[dict]:
   print(f'attention_bench on {platform} ({getattr(device, "device_kind", platform)}, '
         f'{b.context} device(s) on the context axis): batch {b.batch}, {b.heads} heads '
         f'({b.kv_heads} key/value), head_dim {b.head_dim}, {b.dtype}, {b.documents} document(s) '
-        f'per row, tiles {b.block_q}x{b.block_kv}{flash_tiles}; memory limit {limit / 2**30:.1f} GiB; '
+        f'per row, tiles {b.block_q}x{b.block_kv}{flash_tiles}; '
+        f'memory limit {limit / 2**30:.1f} GiB; '
         f'FLOPs 4*B*T^2*H*D forward, x3 forward+backward', flush=True)
   print(f'{"seq_len":>8} {"kernel":>10} | {"fwd ms":>9} {"TFLOP/s":>8} {"peak GiB":>9} | '
         f'{"f+b ms":>9} {"TFLOP/s":>8} {"peak GiB":>9} | status', flush=True)
