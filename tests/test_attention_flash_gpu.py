@@ -134,7 +134,8 @@ def test_bad_options_are_refused_in_one_sentence(kernel, options, message):
 def test_good_options_are_accepted_and_a_zero_tile_is_refused():
   tiny_config(attention_kernel='ring',
               attention_options=('step_kernel=flash_gpu', 'block_q=64', 'num_warps=4'))
-  tiny_config(attention_kernel='all_gather', attention_options=('inner=flash_gpu', 'interpret=True'))
+  tiny_config(attention_kernel='all_gather',
+              attention_options=('inner=flash_gpu', 'interpret=True'))
   tiny_config(attention_kernel='flash_gpu', attention_options=('block_q=64', 'num_stages=3'))
   x = jnp.zeros((1, 8, 2, 16))
   seg = jnp.ones((1, 8), jnp.int32)

@@ -74,7 +74,7 @@ def _pad(x: jax.Array, length: int, axis: int) -> jax.Array:
   return jnp.pad(x, widths)   # zeros: segment 0 is padding, zero head dims change no dot product
 
 
-# --- the kernels (bodies see one batch row and one head; refs are [length, head_dim] / [length]) ---
+# --- the kernels (one batch row and head each; refs are [length, head_dim] or [length]) ---
 
 def _dot(a, b, contract=(1, 1)):
   """a @ b.T by default; float32 accumulation whatever the inputs' dtype."""
