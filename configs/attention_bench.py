@@ -8,7 +8,9 @@ kernel against sequence length, on the machine it runs on (LLaDA-8B's 32 heads o
   python -m lladax.main --config configs/attention_bench.py --config.bench.context=4
 
 On CPU the sweep stops at 2048 tokens in float32 unless max_seq_len says otherwise; splash is
-timed only on TPU.
+timed only on TPU and flash_gpu only on GPU:
+  python -m lladax.main --config configs/attention_bench.py \
+      --config.bench.kernels='("blockwise","flash_gpu")' --config.bench.max_seq_len=32768
 """
 import ml_collections
 

@@ -117,7 +117,18 @@ def gather():
         block_kv=128)
 
 
-GROUPS = {'ring': ring, 'gather': gather}
+def flash_gpu():
+  """The Pallas GPU kernel (interpreted here): as the ring's step, inside all_gather, and alone."""
+  check('ring with flash_gpu steps, context=4, GQA', 'ring', {'context': 4}, t=96, kh=2,
+        step_kernel='flash_gpu', block_q=16, block_kv=16)
+  check('ring with flash_gpu steps, context=2 x tensor=2, one kv head', 'ring',
+        {'context': 2, 'tensor': 2}, t=96, kh=1, step_kernel='flash_gpu', block_q=32,
+        block_kv=16)
+  check('all_gather with flash_gpu, fsdp=2 x context=2', 'all_gather', {'fsdp': 2, 'context': 2},
+        t=96, kh=2, inner='flash_gpu', block_q=16, block_kv=32)
+
+
+GROUPS = {'ring': ring, 'gather': gather, 'flash_gpu': flash_gpu}
 
 if __name__ == '__main__':
   assert len(jax.devices()) == 8, jax.devices()

@@ -1,6 +1,7 @@
 """The default kernel, 'auto': what it picks per platform, dtype and mesh, and that it is exactly
 the kernel it picks."""
-import jax.numpy as jnp
+import importlib
+
 import numpy as np
 import pytest
 
@@ -21,6 +22,8 @@ def test_models_default_to_auto():
     ('tpu', 'float32', 8, 'ring(splash)'),
     ('tpu', 'float16', 1, 'blockwise'),     # Mosaic cannot load float16 tiles
     ('tpu', 'float16', 8, 'ring(blockwise)'),
+    ('gpu', 'float16', 1, 'flash_gpu'),
+    ('gpu', 'bfloat16', 2, 'ring(flash_gpu)'),
 ])
 def test_auto_picks_by_platform_dtype_and_context(platform, dtype, context, want):
   assert auto.resolve(platform, dtype, context) == want
@@ -37,21 +40,24 @@ def test_auto_on_cpu_is_blockwise_bit_for_bit():
       np.testing.assert_array_equal(g, w)
 
 
-def test_auto_runs_splash_when_compiling_for_tpu(monkeypatch):
-  # What a TPU compile traces, on this CPU: splash (in interpret mode) against the reference.
-  monkeypatch.setattr(sharded, 'platform', lambda: 'tpu')
-  monkeypatch.setenv('LLADAX_SPLASH_INTERPRET', '1')
+@pytest.mark.parametrize('platform,module', [('tpu', 'splash'), ('gpu', 'flash_gpu')])
+def test_auto_runs_the_platform_kernel_when_compiling_for_it(platform, module, monkeypatch):
+  # What a TPU or GPU compile traces, on this CPU: the platform's Pallas kernel (in interpret
+  # mode), against the reference.
+  kernel = importlib.import_module(f'lladax.attention.{module}')
+  monkeypatch.setattr(sharded, 'platform', lambda: platform)
+  monkeypatch.setattr(kernel, 'use_interpret', lambda interpret=None: True)
+  calls = []
+  real = kernel.attention_local
+  monkeypatch.setattr(kernel, 'attention_local',
+                      lambda *a, **kw: calls.append(1) or real(*a, **kw))
   t = 128
   q, k, v, ct = operands(4, 1, t, t, 2, 2)
   seg = np.repeat(np.array([[1, 1, 2, 0]], np.int32), t // 4, axis=1)
-  calls = []
-  from lladax.attention import splash  # pylint: disable=import-outside-toplevel
-  real = splash.attention_local
-  monkeypatch.setattr(splash, 'attention_local',
-                      lambda *a, **kw: calls.append(1) or real(*a, **kw))
   want = out_and_grads('reference', q, k, v, seg, seg, ct)
-  got = out_and_grads('auto', jnp.asarray(q), k, v, seg, seg, ct, block_q=128, block_kv=128)
-  assert calls, 'auto did not run splash for a TPU compile'
+  # Options unique to each case: out_and_grads keeps one trace per kernel and options.
+  got = out_and_grads('auto', q, k, v, seg, seg, ct, block_q=128, block_kv=128 + len(module))
+  assert calls, f'auto did not run {module} for a {platform} compile'
   np.testing.assert_allclose(got[0], want[0], atol=2e-5)
   for g, w in zip(got[1], want[1]):
     np.testing.assert_allclose(g, w, atol=2e-4)

@@ -10,7 +10,7 @@ from typing import Callable
 
 import jax
 
-from lladax.attention import all_gather, auto, blockwise, reference, ring, splash
+from lladax.attention import all_gather, auto, blockwise, flash_gpu, reference, ring, splash
 from lladax.config import ConfigError
 
 # name -> fn(q, k, v, q_segment_ids, kv_segment_ids, *, scale, **options) -> out
@@ -23,22 +23,27 @@ KERNELS: dict[str, Callable] = {
     'all_gather': all_gather.attention,   # K/V gathered over `context`; inner, block sizes
     'splash': splash.attention,           # Pallas TPU (interpret elsewhere); block_q, block_kv,
                                           # interpret
+    'flash_gpu': flash_gpu.attention,     # Pallas Triton (NVIDIA GPU; interpret elsewhere);
+                                          # block_q, block_kv, interpret, num_warps, num_stages
 }
 
 _BLOCKS = {'block_q': int, 'block_kv': int}
+_TRITON = {'interpret': bool, 'num_warps': int, 'num_stages': int}
 # name -> {option: int (a positive one), bool, or the tuple of allowed strings}: what each kernel
 # accepts, so a misspelt or zero option fails at start-up rather than inside a compiled step.
 OPTIONS: dict[str, dict] = {
     'auto': _BLOCKS,
     'reference': {},
     'blockwise': _BLOCKS,
-    'ring': {**_BLOCKS, 'step_kernel': ring.STEP_KERNELS, 'interpret': bool},
-    'all_gather': {**_BLOCKS, 'inner': all_gather.INNER, 'interpret': bool},
+    'ring': {**_BLOCKS, 'step_kernel': ring.STEP_KERNELS, **_TRITON},
+    'all_gather': {**_BLOCKS, 'inner': all_gather.INNER, **_TRITON},
     'splash': {**_BLOCKS, 'interpret': bool},
+    'flash_gpu': {**_BLOCKS, **_TRITON},
 }
-# Options that a kernel accepts only with a splash inner step: (option, switch, its value).
-_SPLASH_ONLY = {'ring': ('interpret', 'step_kernel', 'splash'),
-                'all_gather': ('interpret', 'inner', 'splash')}
+# Options that a kernel accepts only with some Pallas inner step: switch, {option: its values}.
+_PALLAS_ONLY = {'interpret': ('splash', 'flash_gpu'), 'num_warps': ('flash_gpu',),
+                'num_stages': ('flash_gpu',)}
+_STEP_ONLY = {'ring': ('step_kernel', _PALLAS_ONLY), 'all_gather': ('inner', _PALLAS_ONLY)}
 
 
 def _check_value(kernel: str, name: str, value, kind, where: str) -> None:
@@ -63,10 +68,12 @@ def check_options(kernel: str, options: dict, where: str = 'config.model.attenti
       raise ConfigError(f'{where} sets {name!r}, which the {kernel!r} attention kernel does not '
                         f'know; it {takes}.')
     _check_value(kernel, name, value, known[name], where)
-  option, switch, needed = _SPLASH_ONLY.get(kernel, (None, None, None))
-  if option in options and options.get(switch) != needed:
-    raise ConfigError(f'{where} sets {option!r}, which the {kernel!r} kernel uses only with '
-                      f'{switch}={needed}; add {switch}={needed} or drop {option}.')
+  switch, only = _STEP_ONLY.get(kernel, (None, {}))
+  for option, needed in only.items():
+    if option in options and options.get(switch) not in needed:
+      with_ = ' or '.join(f'{switch}={n}' for n in needed)
+      raise ConfigError(f'{where} sets {option!r}, which the {kernel!r} kernel uses only with '
+                        f'{with_}; add {switch}={needed[0]} or drop {option}.')
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,

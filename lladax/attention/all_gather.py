@@ -11,17 +11,18 @@ import functools
 
 import jax
 
-from lladax.attention import blockwise, sharded, splash
+from lladax.attention import blockwise, flash_gpu, sharded, splash
 
-INNER = ('blockwise', 'splash')
+INNER = ('blockwise', 'splash', 'flash_gpu')
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
               kv_segment_ids: jax.Array, *, scale: float, inner: str = 'blockwise',
               **options) -> jax.Array:
   """The `all_gather` kernel; `inner` runs per shard with its options (block sizes, interpret)."""
-  if inner == 'splash':
-    return splash.attention(q, k, v, q_segment_ids, kv_segment_ids, scale=scale, **options)
+  if inner in ('splash', 'flash_gpu'):   # both gather K/V over `context` themselves
+    pallas = splash if inner == 'splash' else flash_gpu
+    return pallas.attention(q, k, v, q_segment_ids, kv_segment_ids, scale=scale, **options)
   if inner != 'blockwise':
     raise ValueError(f'unknown all_gather inner kernel {inner!r}; choose one of '
                      f'{", ".join(INNER)}.')

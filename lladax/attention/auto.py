@@ -27,7 +27,9 @@ from lladax.attention import ring, sharded
 
 # platform -> (the per-device kernel, also the ring's step kernel; the dtypes it runs); what is
 # not listed, or not in those dtypes, runs blockwise.
-PLATFORM_KERNELS = {'tpu': ('splash', ('bfloat16', 'float32'))}
+PLATFORM_KERNELS = {'tpu': ('splash', ('bfloat16', 'float32')),
+                    'gpu': ('flash_gpu', ('bfloat16', 'float16', 'float32')),
+                    'cuda': ('flash_gpu', ('bfloat16', 'float16', 'float32'))}
 FALLBACK = 'blockwise'
 
 

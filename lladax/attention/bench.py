@@ -90,6 +90,8 @@ def operands(b: BenchConfig, seq_len: int, sharding=None):
 def kernel_options(b: BenchConfig, kernel: str) -> dict:
   if kernel in ('blockwise', 'ring', 'all_gather', 'splash'):
     return dict(block_q=b.block_q, block_kv=b.block_kv)
+  if kernel == 'flash_gpu':   # Triton tiles live in registers and shared memory: smaller ones
+    return dict(block_q=b.flash_block_q, block_kv=b.flash_block_kv)
   return {}
 
 
@@ -162,6 +164,8 @@ def context_mesh(b: BenchConfig):
 def skip_reason(b: BenchConfig, kernel: str, platform: str) -> str | None:
   if kernel == 'splash' and platform != 'tpu':
     return f'a Pallas TPU kernel; on {platform} it only runs in interpret mode, too slow to time'
+  if kernel == 'flash_gpu' and platform != 'gpu':
+    return f'a Pallas GPU kernel; on {platform} it only runs in interpret mode, too slow to time'
   if kernel in CONTEXT_KERNELS and b.context == 1:
     return 'the same program as blockwise without a context mesh; set config.bench.context > 1'
   return None
@@ -196,10 +200,13 @@ def run(config) -> list[dict]:
   mesh, sharding = context_mesh(b) if b.context > 1 else (None, None)
   limit = memory_limit()
   device = jax.devices()[0]
+  flash_tiles = (f' (flash_gpu {b.flash_block_q}x{b.flash_block_kv})'
+                 if 'flash_gpu' in b.kernels else '')
   print(f'attention_bench on {platform} ({getattr(device, "device_kind", platform)}, '
         f'{b.context} device(s) on the context axis): batch {b.batch}, {b.heads} heads '
         f'({b.kv_heads} key/value), head_dim {b.head_dim}, {b.dtype}, {b.documents} document(s) '
-        f'per row, tiles {b.block_q}x{b.block_kv}; memory limit {limit / 2**30:.1f} GiB; '
+        f'per row, tiles {b.block_q}x{b.block_kv}{flash_tiles}; '
+        f'memory limit {limit / 2**30:.1f} GiB; '
         f'FLOPs 4*B*T^2*H*D forward, x3 forward+backward', flush=True)
   print(f'{"seq_len":>8} {"kernel":>10} | {"fwd ms":>9} {"TFLOP/s":>8} {"peak GiB":>9} | '
         f'{"f+b ms":>9} {"TFLOP/s":>8} {"peak GiB":>9} | status', flush=True)
@@ -232,7 +239,8 @@ def run(config) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-  kernels: tuple[str, ...] = ('reference', 'blockwise', 'splash', 'ring', 'all_gather')
+  kernels: tuple[str, ...] = ('reference', 'blockwise', 'splash', 'flash_gpu', 'ring',
+                              'all_gather')
   min_seq_len: int = 1024
   max_seq_len: int = 0      # longest sequence tried; 0: 131072 on GPU/TPU, 2048 on CPU
   batch: int = 1
@@ -243,6 +251,8 @@ class BenchConfig:
   documents: int = 1        # equal documents packed per row; 1 is full attention, the worst case
   block_q: int = 512        # tile sizes of the blockwise, ring and splash kernels
   block_kv: int = 512
+  flash_block_q: int = 128  # tile sizes of the flash_gpu kernel (powers of two)
+  flash_block_kv: int = 64
   context: int = 1          # devices on the context axis for ring / all_gather (1: skip those)
   repeats: int = 3          # timed runs after the compiling one; the fastest counts
   backward: bool = True     # also time forward + backward

@@ -24,7 +24,7 @@ from lladax.attention import blockwise, sharded
 from lladax.sharding import CONTEXT_AXIS
 
 F32 = jnp.float32
-STEP_KERNELS = ('blockwise', 'splash')
+STEP_KERNELS = ('blockwise', 'splash', 'flash_gpu')
 
 
 def merge(out: jax.Array, lse: jax.Array, out_i: jax.Array,
@@ -126,42 +126,48 @@ def ring_shard(q, k, v, q_seg, kv_seg, *, axis: str, n: int, step_fwd, step_bwd)
 
 @functools.cache
 def _warn_no_mesh():
-  logging.warning('ring attention sees no mesh, so it runs as one-device blockwise attention; '
+  logging.warning('ring attention sees no mesh, so it runs its step kernel on one device; '
                   'set the mesh with jax.set_mesh to split the sequence over %r.', CONTEXT_AXIS)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
-              kv_segment_ids: jax.Array, *, scale: float, block_q: int = blockwise.BLOCK_Q,
-              block_kv: int = blockwise.BLOCK_KV, step_kernel: str = 'blockwise',
-              **splash_options) -> jax.Array:
-  """The `ring` kernel. Without a mesh, or with a context axis of size 1, this is `blockwise`.
+              kv_segment_ids: jax.Array, *, scale: float, block_q: int | None = None,
+              block_kv: int | None = None, step_kernel: str = 'blockwise',
+              **step_options) -> jax.Array:
+  """The `ring` kernel. Without a mesh, or with a context axis of size 1, this is the step kernel.
 
-  step_kernel: 'blockwise' (any backend) or 'splash' (Pallas TPU; interpret mode elsewhere);
-  block_q/block_kv size either's tiles (splash rounds them to multiples of 128).
-  splash_options go to lladax.attention.splash.ring_steps (interpret).
+  step_kernel: 'blockwise' (any backend), 'splash' (Pallas TPU) or 'flash_gpu' (Pallas Triton,
+  NVIDIA GPU); the Pallas ones run in interpret mode elsewhere. block_q/block_kv size the tiles
+  (None: the step kernel's defaults; splash rounds them to multiples of 128, flash_gpu to powers
+  of two). step_options go to the
+  Pallas step kernel's ring_steps (interpret; num_warps, num_stages for flash_gpu).
   """
   if step_kernel not in STEP_KERNELS:
     raise ValueError(f'unknown ring step kernel {step_kernel!r}; choose one of '
                      f'{", ".join(STEP_KERNELS)}.')
+  if step_kernel == 'blockwise' and step_options:
+    raise ValueError(f'ring options {sorted(step_options)} apply only to a Pallas step kernel '
+                     "(splash, flash_gpu); drop them or switch the step kernel.")
   lay = sharded.layout(q, k)
   if lay is None and jax.device_count() > 1:
     _warn_no_mesh()
-  if lay is None or lay.context_size == 1:
-    if step_kernel == 'splash':
-      from lladax.attention import splash  # pylint: disable=import-outside-toplevel
-      return splash.attention(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
-                              block_q=block_q, block_kv=block_kv, **splash_options)
-    return blockwise.attention(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
-                               block_q=block_q, block_kv=block_kv)
+  # pylint: disable=import-outside-toplevel
   if step_kernel == 'splash':
-    from lladax.attention import splash  # pylint: disable=import-outside-toplevel
-    step_fwd, step_bwd = splash.ring_steps(scale=scale, block_q=block_q, block_kv=block_kv,
-                                           **splash_options)
+    from lladax.attention import splash as step_module
+  elif step_kernel == 'flash_gpu':
+    from lladax.attention import flash_gpu as step_module
   else:
-    if splash_options:
-      raise ValueError(f'ring options {sorted(splash_options)} apply only to '
-                       "step_kernel='splash'; drop them or switch the step kernel.")
-    step_fwd, step_bwd = _blockwise_steps(scale, block_q, block_kv)
+    step_module = blockwise
+  options = {name: size for name, size in (('block_q', block_q), ('block_kv', block_kv))
+             if size is not None}
+  options.update(step_options)
+  if lay is None or lay.context_size == 1:
+    return step_module.attention(q, k, v, q_segment_ids, kv_segment_ids, scale=scale, **options)
+  if step_module is blockwise:
+    step_fwd, step_bwd = _blockwise_steps(scale, block_q or blockwise.BLOCK_Q,
+                                          block_kv or blockwise.BLOCK_KV)
+  else:
+    step_fwd, step_bwd = step_module.ring_steps(scale=scale, **options)
   per_shard = functools.partial(ring_shard, axis=lay.context, n=lay.context_size,
                                 step_fwd=step_fwd, step_bwd=step_bwd)
   return sharded.shard_attention(per_shard, lay, q, k, v, q_segment_ids, kv_segment_ids,

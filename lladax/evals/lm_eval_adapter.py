@@ -137,7 +137,8 @@ class LladaxLM:
                prompt_tokens: str = 'tokenizer', mask_prediction: str = 'allow',
                score_all_masks: bool = True, rolling_window: int = 0,
                gen_batch_size: int = 1, pad_multiple: int = 64,
-               seed: int = 0, rope_theta: float = 0.0, dtype: str = '', **others: Any):
+               seed: int = 0, rope_theta: float = 0.0, dtype: str = '',
+               attention_kernel: str = 'auto', **others: Any):
     renamed = [k for k in others if k in RENAMED]
     if renamed:
       raise ConfigError(f'the lladax lm-eval model argument {renamed[0]} is now '
@@ -150,6 +151,9 @@ class LladaxLM:
       if not checkpoint:
         raise ConfigError('the lladax lm-eval model needs checkpoint=DIR in --model_args.')
       overrides = {'rope_theta': float(rope_theta)} if float(rope_theta) else {}
+      # The recipes' default, not the kernel the checkpoint was saved with (older ones say
+      # 'reference', whose dense scores do not fit long inputs).
+      overrides['attention_kernel'] = attention_kernel
       if dtype:
         overrides['dtype'] = dtype
       model, meta = saved_model.load_model(checkpoint, **overrides)
