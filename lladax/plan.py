@@ -470,10 +470,15 @@ def run_eval(recipe: Recipe) -> dict:
     logging.info('wrote %s', path)
   failed = [r for r in records if r['status'] != 'fits']
   if failed:
-    raise ConfigError(
-        f'{", ".join(r["job"] for r in failed)} does not fit one {chip.name} chip '
-        f'({failed[0]["why"]}); lower config.eval.batch_size, use a larger chip in '
-        'config.plan.topology, or shard the model with config.eval.mesh_hook.')
+    knobs = []
+    if mcfg.attention_kernel == 'reference':
+      knobs.append("config.model.attention_kernel='auto' (the reference builds the [T, S] scores)")
+    if max(r['batch'] for r in failed) > 1:
+      knobs.append('a smaller config.eval.batch_size')
+    knobs += ['a larger chip in config.plan.topology',
+              'a model sharded by config.eval.mesh_hook']
+    raise ConfigError(f'{", ".join(r["job"] for r in failed)} does not fit one {chip.name} chip '
+                      f'({failed[0]["why"]}); try ' + ', or '.join(knobs) + '.')
   return result
 
 

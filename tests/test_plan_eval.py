@@ -68,7 +68,11 @@ def test_an_evaluation_call_that_does_not_fit_names_the_fixes(monkeypatch):
                       lambda *a: (plan.tpu_chips.CHIPS['v4'], [None]))
   monkeypatch.setattr(plan, '_compile_lowered', lambda lower: (None, 'needs 40G of 31G HBM'))
   with pytest.raises(ConfigError) as e:
-    plan.run(recipe('eval_niah.py', **TINY))
+    plan.run(recipe('eval_niah.py', **TINY, attention_kernel='reference'))
   message = str(e.value)
-  assert message.startswith('eval_niah does not fit one v4 chip (needs 40G of 31G HBM)')
-  assert 'config.eval.batch_size' in message and 'config.eval.mesh_hook' in message
+  assert message.startswith('eval_niah does not fit one v4 chip (needs 40G of 31G HBM); try '
+                            "config.model.attention_kernel='auto'")
+  assert 'config.eval.batch_size' not in message and 'config.eval.mesh_hook' in message
+  c = recipe('eval_ppl.py', **TINY)   # 8 rows per call
+  with pytest.raises(ConfigError, match='try a smaller config.eval.batch_size, or a larger chip'):
+    plan.run(c)
