@@ -299,6 +299,17 @@ def _count(x: float) -> str:
   return str(int(x))
 
 
+def _memory_cells(r: dict) -> str:
+  m = r['memory']
+  return (f'{_gib(m["arguments"]):>7} {_gib(m["temporaries"]):>7} {_gib(m["outputs"]):>7} '
+          f'{_gib(m["total"]):>7} {r["hbm_fraction"]:>5.0%}')
+
+
+def _status(r: dict) -> str:
+  return r['status'] + (' (tight)' if r['status'] == 'fits' and r['hbm_fraction'] > HEADROOM
+                        else '')
+
+
 def report(records: list[dict], job: _Job, topology: str, best: dict | None) -> str:
   chip, chips = job.chip, len(job.devices)
   lines = [f'plan for {topology}: {chips} chips ({chip.device_kind}, {_gib(chip.hbm_bytes)} GiB '
@@ -311,11 +322,8 @@ def report(records: list[dict], job: _Job, topology: str, best: dict | None) -> 
   for r in records:
     head = f'{r["mesh"]:<38} {r["remat_policy"]:<16} {r["microbatches"]:>3}'
     if 'memory' in r:
-      m = r['memory']
-      tight = ' (tight)' if r['status'] == 'fits' and r['hbm_fraction'] > HEADROOM else ''
-      lines.append(f'{head} {_gib(m["arguments"]):>7} {_gib(m["temporaries"]):>7} '
-                   f'{_gib(m["outputs"]):>7} {_gib(m["total"]):>7} {r["hbm_fraction"]:>5.0%}  '
-                   f'{r["roofline"]["mfu_ceiling"]:>6.1%}  {r["status"]}{tight}')
+      lines.append(f'{head} {_memory_cells(r)}  {r["roofline"]["mfu_ceiling"]:>6.1%}  '
+                   f'{_status(r)}')
     else:
       lines.append(f'{head} {"":>39}  {"":>6}  {r["status"]}: {r["why"]}')
   if best:
@@ -417,20 +425,16 @@ def eval_report(records: list[dict], mcfg: model_config.ModelConfig, chip, topol
            f'{_count(mcfg.num_params())} parameters in {mcfg.param_dtype}, compute {mcfg.dtype}, '
            f'attention {mcfg.attention_kernel!r}, RoPE base {mcfg.rope_theta:.6g}',
            f'{"job":<15} {"rows x tokens":>16} {"decode":>16} {"attention":<14} {"args":>7} '
-           f'{"temp":>7} {"total":>7} {"HBM":>5}  {"FLOP":>10}  status (GiB per chip)']
+           f'{"temp":>7} {"out":>7} {"total":>7} {"HBM":>5}  {"FLOP":>10}  status (GiB per chip)']
   for r in records:
     decode = (f'{r["gen_length"]}/{r["block_length"]}/{r["steps"]}' if 'steps' in r else
               f'score {r["scored_tokens"]}')
     head = (f'{r["job"]:<15} {r["batch"]:>6} x {r["prompt_tokens"]:>7} {decode:>16} '
             f'{r["attention"]:<14}')
     if 'memory' in r:
-      m = r['memory']
-      tight = ' (tight)' if r['status'] == 'fits' and r['hbm_fraction'] > HEADROOM else ''
-      lines.append(f'{head} {_gib(m["arguments"]):>7} {_gib(m["temporaries"]):>7} '
-                   f'{_gib(m["total"]):>7} {r["hbm_fraction"]:>5.0%}  {_si(r["flops"], ""):>10}  '
-                   f'{r["status"]}{tight}')
+      lines.append(f'{head} {_memory_cells(r)}  {_si(r["flops"], ""):>10}  {_status(r)}')
     else:
-      lines.append(f'{head} {"":>29}  {_si(r["flops"], ""):>10}  {r["status"]}: {r["why"]}')
+      lines.append(f'{head} {"":>39}  {_si(r["flops"], ""):>10}  {r["status"]}: {r["why"]}')
     lines.append(f'  {r["length_from"]}')
   return '\n'.join(lines)
 
