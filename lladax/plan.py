@@ -303,10 +303,10 @@ def report(records: list[dict], job: _Job, topology: str, best: dict | None) -> 
            f'{_count(job.mcfg.num_params())} parameters, batch {job.batch} x {job.seq_len} = '
            f'{_count(job.batch * job.seq_len)} tokens per step, attention kernel '
            f'{job.mcfg.attention_kernel!r}, loss in {job.step.loss_chunks} chunk(s)',
-           f'{"mesh":<38} {"remat":<16} {"mb":>3} {"args":>7} {"temp":>7} {"out":>7} '
+           f'{"mesh":<38} {"remat":<18} {"mb":>3} {"args":>7} {"temp":>7} {"out":>7} '
            f'{"total":>7} {"HBM":>5}  {"MFU<=":>6}  status (GiB per chip)']
   for r in records:
-    head = f'{r["mesh"]:<38} {r["remat_policy"]:<16} {r["microbatches"]:>3}'
+    head = f'{r["mesh"]:<38} {r["remat_policy"]:<18} {r["microbatches"]:>3}'
     if 'memory' in r:
       m = r['memory']
       tight = ' (tight)' if r['status'] == 'fits' and r['hbm_fraction'] > HEADROOM else ''
