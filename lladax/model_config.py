@@ -11,7 +11,8 @@ from lladax.attention import KERNELS, check_options
 from lladax.config import ConfigError, check_types, choice
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-REMAT_POLICIES = ('none', 'full', 'minimal', 'save_qkv_proj', 'save_qkv_context')
+REMAT_POLICIES = ('none', 'full', 'minimal', 'save_qkv_proj', 'save_qkv_context',
+                  'save_attention', 'save_qkv_attention')
 
 
 @dataclasses.dataclass(frozen=True)

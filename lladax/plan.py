@@ -37,6 +37,9 @@ from lladax.train import optimizer, state as train_state, step as train_step
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 MESH_FIELDS = tuple(f.name for f in dataclasses.fields(sharding.MeshConfig) if f.name != 'rules')
 GiB = tpu_chips.GiB
+# Policies whose backward pass runs the attention forward again (and, for the ring, its K/V
+# passes): all that do not keep the kernels' named residuals.
+RERUNS_ATTENTION = ('full', 'minimal', 'save_qkv_proj', 'save_qkv_context')
 HEADROOM = 0.9   # a plan above this fraction of HBM is ranked after every plan below it
 
 
@@ -60,11 +63,11 @@ def recompute_per_token(cfg: model_config.ModelConfig, seq_len: int, policy: str
   """Forward FLOPs per token that `policy` recomputes in the backward pass (an estimate).
 
   'full' reruns the whole block; 'minimal' keeps the weight matmuls (dots without batch
-  dimensions); the save_* policies keep q/k/v (and the attention output) and rerun the other
-  weight matmuls. Every policy but 'none' reruns the attention forward: the kernels' softmax
-  statistics carry no checkpoint name, so nothing saves them (a jaxpr of the ring kernel's
-  gradient shows its forward ring twice under each policy). Embedding and LM head sit outside
-  the scanned block and are never rerun.
+  dimensions); the save_qkv_* policies keep q/k/v and rerun the other weight matmuls. Only the
+  save_*attention policies keep the kernels' output and log-sum-exp (named in their custom
+  VJPs, lladax/remat.py), so only they skip the attention forward in the backward pass; every
+  other policy but 'none' reruns it (a jaxpr of the ring kernel's gradient shows its forward
+  ring twice). Embedding and LM head sit outside the scanned block and are never rerun.
   """
   d, h, kh, hd, f, l = (cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim,
                         cfg.mlp_hidden_size, cfg.n_layers)
@@ -73,7 +76,9 @@ def recompute_per_token(cfg: model_config.ModelConfig, seq_len: int, policy: str
   attention = flops.forward_per_token(cfg, seq_len)['attention']
   return {'none': 0.0, 'full': block + attention, 'minimal': attention,
           'save_qkv_proj': block - qkv + attention,
-          'save_qkv_context': block - qkv + attention}[policy]
+          'save_qkv_context': block - qkv + attention,
+          'save_attention': block,
+          'save_qkv_attention': block - qkv}[policy]
 
 
 def step_flops(cfg: model_config.ModelConfig, batch: int, seq_len: int) -> dict:
@@ -94,8 +99,8 @@ def ici_bytes(cfg: model_config.ModelConfig, sizes: dict, batch: int, seq_len: i
   block_params = l * (dm * (2 * cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim +
                       3 * dm * cfg.mlp_hidden_size)
   table_params = cfg.vocab_size * dm * (1 if cfg.weight_tying else 2)
-  reruns_weights = cfg.remat_policy in ('full', 'save_qkv_proj', 'save_qkv_context')
-  reruns_attention = cfg.remat_policy != 'none'   # see recompute_per_token
+  reruns_weights = cfg.remat_policy not in ('none', 'minimal')
+  reruns_attention = cfg.remat_policy in RERUNS_ATTENTION   # see recompute_per_token
   # FSDP (over fsdp x context, as 'embed' is sharded): weights gathered (in their stored
   # dtype) for the forward, the backward and any recomputation of every microbatch; gradients
   # reduce-scattered as often.
@@ -317,10 +322,10 @@ def report(records: list[dict], job: _Job, topology: str, best: dict | None) -> 
            f'{_count(job.mcfg.num_params())} parameters, batch {job.batch} x {job.seq_len} = '
            f'{_count(job.batch * job.seq_len)} tokens per step, attention kernel '
            f'{job.mcfg.attention_kernel!r}, loss in {job.step.loss_chunks} chunk(s)',
-           f'{"mesh":<38} {"remat":<16} {"mb":>3} {"args":>7} {"temp":>7} {"out":>7} '
+           f'{"mesh":<38} {"remat":<18} {"mb":>3} {"args":>7} {"temp":>7} {"out":>7} '
            f'{"total":>7} {"HBM":>5}  {"MFU<=":>6}  status (GiB per chip)']
   for r in records:
-    head = f'{r["mesh"]:<38} {r["remat_policy"]:<16} {r["microbatches"]:>3}'
+    head = f'{r["mesh"]:<38} {r["remat_policy"]:<18} {r["microbatches"]:>3}'
     if 'memory' in r:
       lines.append(f'{head} {_memory_cells(r)}  {r["roofline"]["mfu_ceiling"]:>6.1%}  '
                    f'{_status(r)}')

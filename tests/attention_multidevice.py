@@ -128,7 +128,27 @@ def flash_gpu():
         t=96, kh=2, inner='flash_gpu', block_q=16, block_kv=32)
 
 
-GROUPS = {'ring': ring, 'gather': gather, 'flash_gpu': flash_gpu}
+def remat():
+  """The ring (blockwise and splash steps) through the model under each remat policy: how many
+  attention forwards its gradient runs, and how far its gradients are from no remat."""
+  # pylint: disable=import-outside-toplevel
+  from dataclasses import replace
+
+  from lladax import sharding
+  from tests.helpers import tiny_config
+  from tests.remat_checks import attention_forwards, gradients, largest_difference
+  mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=1, context=2), jax.devices()[:2])
+  for options in ((), ('step_kernel=splash',)):
+    cfg = tiny_config(n_layers=2, attention_kernel='ring', attention_options=options)
+    with jax.set_mesh(mesh):
+      want = gradients(cfg)
+      for policy in ('none', 'full', 'save_attention', 'save_qkv_attention'):
+        c = replace(cfg, remat_policy=policy)
+        print(json.dumps(dict(remat=policy, options=options, forwards=attention_forwards(c),
+                              grads=largest_difference(gradients(c), want))), flush=True)
+
+
+GROUPS = {'ring': ring, 'gather': gather, 'flash_gpu': flash_gpu, 'remat': remat}
 
 if __name__ == '__main__':
   assert len(jax.devices()) == 8, jax.devices()

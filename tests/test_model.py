@@ -117,7 +117,8 @@ def test_scan_unrolled_and_remat_policies_agree():
   want_grads = grads(cfg)
   for c in [replace(cfg, scan_layers=False)] + [
       replace(cfg, remat_policy=p) for p in ('full', 'minimal', 'save_qkv_proj',
-                                             'save_qkv_context')]:
+                                             'save_qkv_context', 'save_attention',
+                                             'save_qkv_attention')]:
     np.testing.assert_allclose(np.asarray(model_lib.init(c, seed=1)(tokens)), np.asarray(want),
                                atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads(c), want_grads)

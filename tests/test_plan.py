@@ -1,4 +1,5 @@
 """The plan job: ahead-of-time compilation for TPU topologies on this CPU host (needs libtpu)."""
+import dataclasses
 import json
 
 import pytest
@@ -96,6 +97,22 @@ def test_recomputation_grows_with_how_little_the_policy_keeps():
   assert cost['full'] > cost['save_qkv_proj'] > cost['minimal'] > 0
   assert cost['full'] == pytest.approx(flops.forward_per_token(cfg, 131072)['total'] -
                                        2 * cfg.vocab_size * cfg.d_model, rel=1e-4)
+
+
+def test_policies_that_keep_attention_residuals_rerun_no_attention():
+  cfg = ModelConfig()
+  attention = flops.forward_per_token(cfg, 131072)['attention']
+  cost = {p: plan.recompute_per_token(cfg, 131072, p) for p in model_config.REMAT_POLICIES}
+  assert cost['full'] - cost['save_attention'] == pytest.approx(attention)
+  assert cost['save_qkv_proj'] - cost['save_qkv_attention'] == pytest.approx(attention)
+  # At 128K the attention is most of the block, so keeping it lifts the ceiling above 90%.
+  model = flops.train_per_token(cfg, 131072)
+  assert model / (model + cost['full']) < 0.76
+  assert model / (model + cost['save_attention']) > 0.9
+  sizes = {'data': 1, 'fsdp': 8, 'context': 8, 'tensor': 1}
+  ring = {p: plan.ici_bytes(dataclasses.replace(cfg, remat_policy=p), sizes, 32,
+                            131072)['context'] for p in ('none', 'full', 'save_attention')}
+  assert ring['save_attention'] == ring['none'] < ring['full']
 
 
 @pytest.mark.parametrize('text,expected', [

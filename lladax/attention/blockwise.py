@@ -19,6 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 F32 = jnp.float32
 BLOCK_Q = 512    # query rows per tile
@@ -210,6 +211,9 @@ def _attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block_q, block_kv)
 def _attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, scale, block_q, block_kv):
   out, lse = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
                                 block_q=block_q, block_kv=block_kv, out_dtype=q.dtype)
+  # Named so that a remat policy can keep them (lladax/remat.py): the backward then needs no
+  # forward rerun.
+  out, lse = checkpoint_name(out, 'attention_out'), checkpoint_name(lse, 'attention_lse')
   return out, (q, k, v, q_segment_ids, kv_segment_ids, out, lse)
 
 

@@ -29,6 +29,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from lladax.attention import sharded
 
@@ -331,6 +332,8 @@ def _attention(q, k, v, q_segment_ids, kv_segment_ids, scale, settings):
 def _attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, scale, settings):
   out, lse = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
                                 out_dtype=q.dtype, **dict(settings))
+  # Named as blockwise names them, so the save_*attention remat policies keep them.
+  out, lse = checkpoint_name(out, 'attention_out'), checkpoint_name(lse, 'attention_lse')
   return out, (q, k, v, q_segment_ids, kv_segment_ids, out, lse)
 
 

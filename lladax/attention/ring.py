@@ -19,6 +19,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from lladax.attention import blockwise, sharded
 from lladax.sharding import CONTEXT_AXIS
@@ -112,7 +113,10 @@ def ring_shard(q, k, v, q_seg, kv_seg, *, axis: str, n: int, step_fwd, step_bwd)
 
   def run_fwd(q, k, v, q_seg, kv_seg):
     out, lse = _forward(q, k, v, q_seg, kv_seg, step_fwd, axis, n)
-    out = out.astype(q.dtype)
+    # Named so that a remat policy can keep them (lladax/remat.py): the backward then needs no
+    # second trip of the forward ring.
+    out = checkpoint_name(out.astype(q.dtype), 'attention_out')
+    lse = checkpoint_name(lse, 'attention_lse')
     return out, (q, k, v, q_seg, kv_seg, out, lse)
 
   def run_bwd(res, dout):

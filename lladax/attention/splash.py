@@ -74,8 +74,10 @@ def _kernel(heads: int, t: int, s: int, block_q: int, block_kv: int, interpret: 
                         block_q_dkv=block_q, block_kv_dkv=block_kv,
                         block_kv_dkv_compute=block_kv, block_q_dq=block_q, block_kv_dq=block_kv)
   mask = sa.MultiHeadMask([sa.FullMask((t, s)) for _ in range(heads)])
+  # The residual name lets a remat policy keep splash's out and lse (lladax/remat.py).
   return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                            save_residuals=save_residuals, interpret=interpret)
+                            save_residuals=save_residuals, interpret=interpret,
+                            residual_checkpoint_name='attention_residuals')
 
 
 def has_key(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
