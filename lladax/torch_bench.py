@@ -233,22 +233,24 @@ def _fmt(seconds: float) -> str:
   return f'{seconds * 1e3:,.0f} ms' if seconds < 1 else f'{seconds:,.2f} s'
 
 
-def run(a) -> list[dict]:
+def run(a) -> dict:
+  """Prints and returns the table: {'rows': [...], 'logit_diff': ..., 'sample_identical': ...}."""
   import torch
   if a.threads:
     torch.set_num_threads(a.threads)
   tl = load_torch_module(a.torch_model)
   rng = np.random.default_rng(a.seed)
-  rows = []
+  rows, result = [], {'sample_identical': None}
   with tempfile.TemporaryDirectory(prefix='lladax_torch_bench_') as workdir:
     net, model = build(tl, a, workdir)
     mask_id = model.cfg.mask_token_id
     live = mask_id - 3   # token ids below the special ones
     tokens = lambda t: rng.integers(0, live, size=(a.batch, t)).astype(np.int64)
-    print(f'lladax kernel {model.cfg.attention_kernel} {model.cfg.attention_kwargs or ""}, '
+    print(f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start; '
+          f'lladax kernel {model.cfg.attention_kernel} {model.cfg.attention_kwargs or ""}, '
           f'remat {model.cfg.remat_policy}; torch {torch.__version__} '
           f'({torch.get_num_threads()} threads) from {a.torch_model}', flush=True)
-    agree = check_logits(net, model, tokens(min(a.lengths)))
+    agree = result['logit_diff'] = check_logits(net, model, tokens(min(a.lengths)))
     print(f'logits agree to {agree:.1e} (max |diff| / max |logit|) at {min(a.lengths)} tokens',
           flush=True)
     work = []
@@ -271,12 +273,13 @@ def run(a) -> list[dict]:
       print(f'{name}: torch {_fmt(t_s)}, lladax {_fmt(x_s)}, lladax/torch {x_s / t_s:.2f}',
             flush=True)
       if name.startswith('sample'):
-        same = np.array_equal(t_fn().numpy(), np.asarray(x_fn()))
+        same = result['sample_identical'] = np.array_equal(t_fn().numpy(), np.asarray(x_fn()))
         print(f'  sampled tokens identical: {same}', flush=True)
+  print(f'load average {os.getloadavg()[0]:.1f} at the end')
   print('\n| work | PyTorch | lladax | lladax / PyTorch |\n|---|---|---|---|')
   for r in rows:
     print(f"| {r['work']} | {_fmt(r['torch_s'])} | {_fmt(r['lladax_s'])} | {r['ratio']:.2f} |")
-  return rows
+  return dict(result, rows=rows)
 
 
 def parse_args(argv=None):
