@@ -304,7 +304,9 @@ def parse_args(argv=None):
   p.add_argument('--kernel', default='', help='lladax attention kernel (default: the saved one)')
   p.add_argument('--kernel-option', action='append', default=[],
                  help="the kernel's option as name=value, repeatable")
-  p.add_argument('--remat', default='', help='lladax remat policy (default: the saved one)')
+  p.add_argument('--remat', default='none',
+                 help="lladax remat policy ('none': the issue's model fits without one; '' keeps "
+                      'the saved one)')
   p.add_argument('--threads', type=int, default=0, help='torch threads (0: its default)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--torch-model', default=DEFAULT_TORCH_MODEL)

@@ -281,8 +281,10 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def default_block_q() -> int:
-  """Query rows per tile when the caller sets none: CPU_BLOCK_Q on CPU, else BLOCK_Q."""
-  return CPU_BLOCK_Q if jax.default_backend() == 'cpu' else BLOCK_Q
+  """Query rows per tile when the caller sets none: CPU_BLOCK_Q when compiling for a CPU, else
+  BLOCK_Q (the platform of the ambient mesh, so a TPU plan on a CPU host gets the TPU tiles)."""
+  from lladax.attention import sharded  # pylint: disable=import-outside-toplevel
+  return CPU_BLOCK_Q if sharded.platform() == 'cpu' else BLOCK_Q
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
