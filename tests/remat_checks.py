@@ -1,8 +1,8 @@
 """How often a model's gradient runs the attention forward, and its gradients, per remat policy.
 
 Shared by tests/test_remat.py (one device) and tests/attention_multidevice.py (the ring, on
-simulated devices). The attention forward is counted as `reduce_max` equations: the running
-row maximum of the online softmax, which no other part of the block, no attention backward and
+simulated devices). The attention forward is counted as floating-point `reduce_max` equations: the
+running row maximum of the online softmax, which no other part of the block, no attention backward and
 no loss used here contains (splash's forward Pallas kernel has one too, its backward kernels
 none). The jaxpr is pruned of dead code first, as XLA would, since partial evaluation under a
 remat policy can leave an unused copy of a jitted forward behind.
@@ -41,7 +41,9 @@ def _count(jaxpr, is_forward) -> int:
 
 
 def _online_softmax(eqn) -> bool:
-  return eqn.primitive.name == 'reduce_max'
+  # Floating point only: blockwise also takes maxima of segment ids to classify its tiles.
+  return (eqn.primitive.name == 'reduce_max'
+          and jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating))
 
 
 def _flash_gpu_forward(eqn) -> bool:

@@ -22,17 +22,23 @@ def test_the_backward_reruns_attention_only_without_its_residuals(kernel):
   cfg = tiny_config(n_layers=2, attention_kernel=kernel)
   count = {p: attention_forwards(replace(cfg, remat_policy=p))
            for p in ('none', 'full', 'save_qkv_context') + KEEPS}
-  # One forward when nothing is rematerialised; 'full' and the old policies run it twice.
-  assert count['none'] == 1 and count['full'] == 2 and count['save_qkv_context'] == 2, count
-  assert all(count[p] == 1 for p in KEEPS), count
+  # One forward when nothing is rematerialised; 'full' and the old policies run it twice. (A
+  # blockwise forward holds its row max twice, in the masked and the plain tile: counts are
+  # relative to 'none'.)
+  once = count['none']
+  assert once >= 1 and count['full'] == count['save_qkv_context'] == 2 * once, count
+  assert all(count[p] == once for p in KEEPS), count
 
 
 def test_the_ring_keeps_its_residuals_too():
-  # 2 simulated devices, context=2: the forward ring is two chunk kernels (one in the scan).
+  # 2 simulated devices, context=2: the forward ring is two chunk kernels (one in the scan),
+  # each with one row max per tile kind.
   from test_attention_sharded import run_script  # pylint: disable=import-outside-toplevel
   rows = {(r['remat'], tuple(r['options'])): r for r in run_script('attention_multidevice.py',
                                                                     'remat')}
   assert len(rows) == 8
   for (policy, options), r in rows.items():
-    assert r['forwards'] == (4 if policy == 'full' else 2), (policy, options, r)
+    once = rows['none', options]['forwards']
+    assert once >= 2, r
+    assert r['forwards'] == (2 * once if policy == 'full' else once), (policy, options, r)
     assert r['grads'] < 1e-6, (policy, options, r)
