@@ -135,6 +135,16 @@ def memory(compiled) -> dict:
   return out
 
 
+def _fit(mem: dict, chip: tpu_chips.Chip) -> dict:
+  """memory, hbm_fraction and status of a compiled program; 'why' when its buffers, though
+  compiled, exceed HBM."""
+  fraction = mem['total'] / chip.hbm_bytes
+  out = {'memory': mem, 'hbm_fraction': fraction, 'status': 'fits' if fraction <= 1 else 'over HBM'}
+  if fraction > 1:
+    out['why'] = f'{_gib(mem["total"])} of {_gib(chip.hbm_bytes)} GiB HBM'
+  return out
+
+
 def _out_of_memory(error: Exception) -> str | None:
   """The compiler's one-line account of an HBM overflow, or None for other errors."""
   text = str(error)
@@ -223,11 +233,8 @@ def plan_one(job: _Job, mesh_cfg: sharding.MeshConfig, policy: str,
   compute_s = fl['executed'] / chips / job.chip.peak_bf16_flops
   ici_s = comm['total'] / (job.chip.ici_bandwidth / 2)
   step_s = max(compute_s, ici_s)
-  if mem['total'] > job.chip.hbm_bytes:  # compiled, yet the buffers exceed HBM
-    record['why'] = f'{_gib(mem["total"])} of {_gib(job.chip.hbm_bytes)} GiB HBM'
   record.update(
-      status='fits' if mem['total'] <= job.chip.hbm_bytes else 'over HBM', memory=mem,
-      hbm_fraction=mem['total'] / job.chip.hbm_bytes,
+      _fit(mem, job.chip),
       flops={'model_per_step': fl['model'], 'executed_per_step': fl['executed'],
              'model_per_chip': fl['model'] / chips, 'executed_per_chip': fl['executed'] / chips},
       ici_bytes_per_chip=comm,
@@ -466,11 +473,7 @@ def run_eval(recipe: Recipe) -> dict:
       mem = memory(compiled)
       del compiled
       gc.collect()
-      fraction = mem['total'] / chip.hbm_bytes
-      record.update(memory=mem, hbm_fraction=fraction,
-                    status='fits' if fraction <= 1 else 'over HBM')
-      if fraction > 1:
-        record['why'] = f'{_gib(mem["total"])} of {_gib(chip.hbm_bytes)} GiB HBM'
+      record.update(_fit(mem, chip))
     records.append(record)
   print(eval_report(records, mcfg, chip, pcfg.topology), flush=True)
   result = {**header, 'evals': records}
