@@ -15,11 +15,10 @@ row statistics of the whole (merged) attention.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
+
+from lladax.attention import flash_vjp
 
 F32 = jnp.float32
 BLOCK_Q = 512    # query rows per tile
@@ -252,32 +251,7 @@ def attention_grads(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax
   return _seq_major(dq)[:, :t], _kv_major(dk)[:, :s], _kv_major(dv)[:, :s]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block_q, block_kv):
-  out, _ = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
-                              block_q=block_q, block_kv=block_kv, out_dtype=q.dtype)
-  return out
-
-
-def _attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, scale, block_q, block_kv):
-  out, lse = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
-                                block_q=block_q, block_kv=block_kv, out_dtype=q.dtype)
-  # Named so that a remat policy can keep them (lladax/remat.py): the backward then needs no
-  # forward rerun.
-  out, lse = checkpoint_name(out, 'attention_out'), checkpoint_name(lse, 'attention_lse')
-  return out, (q, k, v, q_segment_ids, kv_segment_ids, out, lse)
-
-
-def _attention_bwd(scale, block_q, block_kv, res, dout):
-  q, k, v, q_segment_ids, kv_segment_ids, out, lse = res
-  delta = jnp.sum(dout.astype(F32) * out.astype(F32), axis=-1)
-  dq, dk, dv = attention_grads(q, k, v, q_segment_ids, kv_segment_ids, lse, delta, dout,
-                               scale=scale, block_q=block_q, block_kv=block_kv,
-                               dkv_dtype=k.dtype)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
+_attention = flash_vjp.differentiable(attention_with_lse, attention_grads)
 
 
 def default_block_q() -> int:
@@ -292,5 +266,5 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
               block_kv: int = BLOCK_KV) -> jax.Array:
   """The `blockwise` kernel: q [B,T,H,D], k/v [B,S,KH,D] -> [B,T,H,D] in q.dtype."""
   block_q = default_block_q() if block_q is None else block_q
-  return _attention(q, k, v, q_segment_ids, kv_segment_ids, float(scale), int(block_q),
-                    int(block_kv))
+  return _attention(q, k, v, q_segment_ids, kv_segment_ids, float(scale),
+                    (('block_q', int(block_q)), ('block_kv', int(block_kv))))

@@ -29,9 +29,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
-from lladax.attention import sharded
+from lladax.attention import flash_vjp, sharded
 
 F32 = jnp.float32
 BLOCK_Q = 128    # query rows per tile
@@ -322,30 +321,7 @@ def attention_grads(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax
   return dq[:, :x.t, :, :x.d], dk[:, :x.s, :, :x.d], dv[:, :x.s, :, :x.d]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention(q, k, v, q_segment_ids, kv_segment_ids, scale, settings):
-  out, _ = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
-                              out_dtype=q.dtype, **dict(settings))
-  return out
-
-
-def _attention_fwd(q, k, v, q_segment_ids, kv_segment_ids, scale, settings):
-  out, lse = attention_with_lse(q, k, v, q_segment_ids, kv_segment_ids, scale=scale,
-                                out_dtype=q.dtype, **dict(settings))
-  # Named as blockwise names them, so the save_*attention remat policies keep them.
-  out, lse = checkpoint_name(out, 'attention_out'), checkpoint_name(lse, 'attention_lse')
-  return out, (q, k, v, q_segment_ids, kv_segment_ids, out, lse)
-
-
-def _attention_bwd(scale, settings, res, dout):
-  q, k, v, q_segment_ids, kv_segment_ids, out, lse = res
-  delta = jnp.sum(dout.astype(F32) * out.astype(F32), axis=-1)
-  dq, dk, dv = attention_grads(q, k, v, q_segment_ids, kv_segment_ids, lse, delta, dout,
-                               scale=scale, dkv_dtype=k.dtype, **dict(settings))
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
+_attention = flash_vjp.differentiable(attention_with_lse, attention_grads)
 
 
 def _frozen(block_q, block_kv, interpret, num_warps, num_stages):
