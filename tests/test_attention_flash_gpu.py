@@ -22,22 +22,8 @@ def test_off_gpu_it_runs_interpreted():
   assert flash_gpu.use_interpret(False) is False
 
 
-@pytest.mark.parametrize('block_q,block_kv,kh', [(16, 32, 2), (24, 16, 4)])
-def test_matches_reference_on_packed_layouts(block_q, block_kv, kh):
-  # 72 tokens fill no whole tile of 16, 32 (or 24, rounded up to 32): the last tile is padding.
-  t = 72
-  q, k, v, ct = operands(10, 2, t, t, 4, kh)
-  for _, seg in layouts(t, 3, seed=11):
-    assert_matches('flash_gpu', q, k, v, seg, seg, ct, block_q=block_q, block_kv=block_kv)
-
-
-def test_cross_attention_with_absent_segments_and_one_kv_head():
-  # Keys hold segments 1 and 3 only: queries of segment 2 (and padding) see nothing at all.
-  t, s = 40, 55
-  q, k, v, ct = operands(12, 2, t, s, 4, 1)
-  q_seg = np.repeat(np.array([[1, 2, 3, 0], [2, 2, 1, 1]], np.int32), t // 4, axis=1)
-  kv_seg = np.repeat(np.array([[3, 1, 0, 3, 1], [1, 3, 3, 0, 0]], np.int32), s // 5, axis=1)
-  assert_matches('flash_gpu', q, k, v, q_seg, kv_seg, ct, block_q=16, block_kv=16)
+# Packed layouts and cross-attention against the reference: test_attention_kernels.py's flash
+# kernel tests, parametrised with flash_gpu.
 
 
 def test_rows_without_keys_give_zero_and_minus_infinity():

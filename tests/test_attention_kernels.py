@@ -49,22 +49,28 @@ def test_every_kernel_is_registered():
   assert {'reference', 'blockwise', 'ring', 'all_gather', 'splash'} <= set(KERNELS)
 
 
-@pytest.mark.parametrize('block_q,block_kv,kh', [(16, 32, 4), (24, 40, 2), (512, 512, 1)])
-def test_blockwise_matches_reference_on_packed_layouts(block_q, block_kv, kh):
-  # 120 is divisible by none of 16/32 (ragged last tile), 24 nor 40 evenly in both directions.
-  t = 120
-  q, k, v, ct = operands(0, 2, t, t, 4, kh)
-  for _, seg in layouts(t, 4, seed=1):
-    assert_matches('blockwise', q, k, v, seg, seg, ct, block_q=block_q, block_kv=block_kv)
+# flash_gpu runs interpreted here (slow), so on shorter rows. No length is a whole number of
+# tiles in both directions (flash_gpu rounds 24 up to 32): the last tiles are part padding.
+@pytest.mark.parametrize('kernel,t,layouts_n,seed,block_q,block_kv,kh', [
+    ('blockwise', 120, 4, 0, 16, 32, 4), ('blockwise', 120, 4, 0, 24, 40, 2),
+    ('blockwise', 120, 4, 0, 512, 512, 1),
+    ('flash_gpu', 72, 3, 10, 16, 32, 2), ('flash_gpu', 72, 3, 10, 24, 16, 4)])
+def test_flash_kernels_match_reference_on_packed_layouts(kernel, t, layouts_n, seed, block_q,
+                                                         block_kv, kh):
+  q, k, v, ct = operands(seed, 2, t, t, 4, kh)
+  for _, seg in layouts(t, layouts_n, seed=seed + 1):
+    assert_matches(kernel, q, k, v, seg, seg, ct, block_q=block_q, block_kv=block_kv)
 
 
-def test_blockwise_cross_attention_with_absent_segments():
+@pytest.mark.parametrize('kernel,t,s,seed,block_q,block_kv', [
+    ('blockwise', 48, 80, 1, 16, 32), ('flash_gpu', 40, 55, 12, 16, 16)])
+def test_flash_kernels_cross_attention_with_absent_segments(kernel, t, s, seed, block_q,
+                                                            block_kv):
   # Keys hold segments 1 and 3 only: queries of segment 2 (and padding) see nothing at all.
-  t, s = 48, 80
-  q, k, v, ct = operands(1, 2, t, s, 4, 1)
+  q, k, v, ct = operands(seed, 2, t, s, 4, 1)
   q_seg = np.repeat(np.array([[1, 2, 3, 0], [2, 2, 1, 1]], np.int32), t // 4, axis=1)
   kv_seg = np.repeat(np.array([[3, 1, 0, 3, 1], [1, 3, 3, 0, 0]], np.int32), s // 5, axis=1)
-  assert_matches('blockwise', q, k, v, q_seg, kv_seg, ct, block_q=16, block_kv=32)
+  assert_matches(kernel, q, k, v, q_seg, kv_seg, ct, block_q=block_q, block_kv=block_kv)
 
 
 def test_rows_without_keys_give_zero_and_minus_infinity():
